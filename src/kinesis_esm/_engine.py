@@ -1,0 +1,173 @@
+"""The engine: runs event source mappings in one process, started and stopped with ``async with``.
+
+A clean stop (leaving the ``async with``, or SIGTERM in the daemon) stops polling, lets in-flight
+invocations finish (bounded by the function timeout), writes final checkpoints, and returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ._config import EventSourceMappingConfig, KinesisConfig, unsupported_features
+from ._mapping import MappingRunner, RetrySettings
+from ._shard import PollSettings
+from ._statistics import EngineStatistics, MappingStatistics
+from .functions import CallableFunction, Function
+from .source import KinesisSource, StreamSource
+from .state import CheckpointStore, MemoryCheckpointStore, SQLiteCheckpointStore
+
+__all__ = ["SUPPORTED_FEATURES", "Engine"]
+
+log = logging.getLogger("kinesis_esm.engine")
+
+# Parameters whose non-default values this build implements; the rest are rejected clearly.
+SUPPORTED_FEATURES: frozenset[str] = frozenset({"parallelization_factor"})
+
+
+class Engine:
+    """Runs mappings. ``async with Engine(...) as engine: await engine.add_mapping(...)``."""
+
+    def __init__(
+        self,
+        *,
+        kinesis: KinesisConfig | None = None,
+        checkpoint_store: CheckpointStore | str | None = None,
+        source: StreamSource | None = None,
+        poll_settings: PollSettings | None = None,
+        retry_settings: RetrySettings | None = None,
+        shard_sync_interval: float = 60.0,
+        stop_grace: float | None = None,
+    ) -> None:
+        self.kinesis = kinesis or KinesisConfig()
+        if isinstance(checkpoint_store, str):
+            checkpoint_store = SQLiteCheckpointStore(checkpoint_store)
+        self.store: CheckpointStore = checkpoint_store or MemoryCheckpointStore()
+        self._source = source
+        self._sources: dict[str | None, KinesisSource] = {}
+        self.poll_settings = poll_settings or PollSettings()
+        self.retry_settings = retry_settings or RetrySettings()
+        self.shard_sync_interval = shard_sync_interval
+        self._stop_grace = stop_grace
+        self._mappings: dict[str, MappingRunner] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> Engine:
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        tg, self._tg = self._tg, None
+        assert tg is not None
+        try:
+            if exc_type is None:
+                self._request_stop(tg)
+            else:
+                tg.cancel_scope.cancel()
+            return await tg.__aexit__(exc_type, exc, tb)
+        finally:
+            for source in self._sources.values():
+                with anyio.CancelScope(shield=True):
+                    await source.aclose()
+            self._sources.clear()
+
+    def _request_stop(self, tg: anyio.abc.TaskGroup) -> None:
+        runners = list(self._mappings.values())
+        for runner in runners:
+            runner.stop()
+        grace = self._stop_grace
+        if grace is None:
+            grace = max((r.function.timeout for r in runners), default=0.0) + 5.0
+
+        async def watchdog() -> None:
+            with anyio.move_on_after(grace):
+                for runner in runners:
+                    await runner.stopped.wait()
+                return
+            log.error("in-flight invocations did not finish within %.1fs; cancelling", grace)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watchdog)
+
+    async def stop(self) -> None:
+        """Stop every mapping gracefully and wait for them (the engine stays usable)."""
+        runners = list(self._mappings.values())
+        for runner in runners:
+            runner.stop()
+        for runner in runners:
+            await runner.stopped.wait()
+
+    def _source_for(self, config: EventSourceMappingConfig) -> StreamSource:
+        if self._source is not None:
+            return self._source
+        region = self.kinesis.region or config.region
+        source = self._sources.get(region)
+        if source is None:
+            source = KinesisSource(endpoint_url=self.kinesis.endpoint_url, region=region)
+            self._sources[region] = source
+        return source
+
+    async def add_mapping(
+        self,
+        config: EventSourceMappingConfig,
+        function: Function | Callable[..., Any],
+        *,
+        function_timeout: float = 3.0,
+        invoke_identity_arn: str | None = None,
+    ) -> str:
+        """Start a mapping; returns its UUID. ``function`` may be a plain callable."""
+        if self._tg is None:
+            raise RuntimeError("use the engine inside 'async with'")
+        unsupported_features(config, SUPPORTED_FEATURES)
+        if not hasattr(function, "invoke"):
+            function = CallableFunction(
+                function,
+                name=config.function_name,
+                timeout=function_timeout,
+                arn=f"arn:aws:lambda:{config.region}:{config.account_id}:function:"
+                f"{config.function_name}",
+            )
+        runner = MappingRunner(
+            config,
+            function,  # type: ignore[arg-type]
+            self._source_for(config),
+            self.store,
+            poll_settings=self.poll_settings,
+            retry_settings=self.retry_settings,
+            shard_sync_interval=self.shard_sync_interval,
+            invoke_identity_arn=invoke_identity_arn,
+        )
+        if runner.uuid in self._mappings:
+            raise ValueError(f"mapping {runner.uuid} is already running")
+        self._mappings[runner.uuid] = runner
+        if config.enabled:
+            self._tg.start_soon(runner.run)
+        else:
+            runner.state = "Disabled"
+        return runner.uuid
+
+    async def remove_mapping(self, uuid: str, *, delete_state: bool = False) -> None:
+        runner = self._mappings.pop(uuid)
+        runner.stop()
+        if runner.state != "Disabled":
+            await runner.stopped.wait()
+        if delete_state:
+            await self.store.delete_mapping(uuid)
+
+    def mapping_statistics(self, uuid: str) -> MappingStatistics:
+        return self._mappings[uuid].statistics()
+
+    def statistics(self) -> EngineStatistics:
+        return EngineStatistics(tuple(r.statistics() for r in self._mappings.values()))

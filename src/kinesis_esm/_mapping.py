@@ -1,0 +1,192 @@
+"""One event source mapping at run time: shard discovery, parent-before-child, shard tasks.
+
+Start positions: on a mapping's first start, the shards listed then start at StartingPosition
+and shards found later (children of a reshard) start at their first record. On later starts a
+stored checkpoint always wins; a shard with none starts at TRIM_HORIZON / AT_TIMESTAMP as
+configured, and for LATEST at the time the mapping first started, so records that arrived while
+the daemon was down are not skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import anyio
+
+from ._config import EventSourceMappingConfig, stable_uuid
+from ._errors import SourceError
+from ._processing import BatchProcessor
+from ._shard import PollSettings, ShardConsumer
+from ._statistics import MappingCounters, MappingStatistics
+from .functions import Function
+from .source import IteratorPosition, ShardInfo, StreamSource
+from .state import SHARD_END, CheckpointStore
+
+__all__ = ["MappingRunner", "RetrySettings"]
+
+log = logging.getLogger("kinesis_esm.mapping")
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    """Back-off between retries of a failing batch."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+
+
+class MappingRunner:
+    def __init__(
+        self,
+        config: EventSourceMappingConfig,
+        function: Function,
+        source: StreamSource,
+        store: CheckpointStore,
+        *,
+        poll_settings: PollSettings | None = None,
+        retry_settings: RetrySettings | None = None,
+        shard_sync_interval: float = 60.0,
+        invoke_identity_arn: str | None = None,
+    ) -> None:
+        self.config = config
+        self.function = function
+        self.source = source
+        self.store = store
+        self.uuid = config.uuid or stable_uuid(config.function_name, config.event_source_arn)
+        self.stream_arn = config.stream_arn
+        self.region = config.region
+        self.invoke_identity_arn = (
+            invoke_identity_arn or f"arn:aws:iam::{config.account_id}:role/kinesis-esm"
+        )
+        self.poll_settings = poll_settings or PollSettings()
+        self.retry_settings = retry_settings or RetrySettings()
+        self.shard_sync_interval = shard_sync_interval
+        self.processor = BatchProcessor(self)
+        self.counters = MappingCounters()
+        self.state = "Creating"
+        self.last_processing_result = "No records processed"
+        self.problem: str | None = None
+        self._consumers: dict[str, ShardConsumer] = {}
+        self._finished: set[str] = set()
+        self._first_listing: set[str] | None = None
+        self._first_start = False
+        self._started_at = 0.0
+        self._stopping = False
+        self._sync_requested = anyio.Event()
+        self._stop_event = anyio.Event()
+        self.stopped = anyio.Event()
+
+    # problem state, reported through LastProcessingResult
+
+    def source_problem(self, exc: SourceError) -> None:
+        message = f"PROBLEM: {exc}"
+        if self.problem != message:
+            log.error("mapping %s: %s", self.uuid, exc)
+        self.problem = message
+        self.last_processing_result = message
+
+    def source_recovered(self) -> None:
+        if self.problem is not None:
+            log.info("mapping %s: stream reachable again", self.uuid)
+            self.problem = None
+            self.last_processing_result = "No records processed"
+
+    # lifecycle
+
+    async def run(self) -> None:
+        try:
+            started_at = await self.store.get_started_at(self.uuid)
+            self._first_start = started_at is None
+            if started_at is None:
+                started_at = time.time()
+                await self.store.set_started_at(self.uuid, started_at)
+            self._started_at = started_at
+            async with anyio.create_task_group() as tg:
+                backoff = 0.5
+                while not self._stopping:
+                    synced = await self._sync_shards(tg)
+                    if synced and self.state == "Creating":
+                        self.state = "Enabled"
+                    wait = self.shard_sync_interval if synced else backoff
+                    backoff = min(backoff * 2, self.poll_settings.problem_backoff_max)
+                    with anyio.move_on_after(wait):
+                        await self._sync_requested.wait()
+                    self._sync_requested = anyio.Event()
+        finally:
+            self.stopped.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._sync_requested.set()
+        for consumer in self._consumers.values():
+            consumer.stop()
+
+    async def _run_shard(self, consumer: ShardConsumer) -> None:
+        shard_id = consumer.shard.shard_id
+        ended = await consumer.run()
+        if ended and not self._stopping:
+            self._finished.add(shard_id)
+            del self._consumers[shard_id]
+            log.info(
+                "mapping %s: %s ended; children %s",
+                self.uuid,
+                shard_id,
+                [c.shard_id for c in consumer.child_shards],
+            )
+            self._sync_requested.set()  # start the children now
+
+    async def _sync_shards(self, tg: anyio.abc.TaskGroup) -> bool:
+        try:
+            shards = await self.source.list_shards(self.stream_arn)
+            checkpoints = await self.store.get_checkpoints(self.uuid)
+        except SourceError as exc:
+            self.source_problem(exc)
+            return False
+        self.source_recovered()
+        listed = {s.shard_id for s in shards}
+        if self._first_listing is None:
+            self._first_listing = listed
+        done = self._finished | {s for s, cp in checkpoints.items() if cp == SHARD_END}
+        for shard in shards:
+            if self._stopping:
+                break
+            if shard.shard_id in self._consumers or shard.shard_id in done:
+                continue
+            if any(p in listed and p not in done for p in shard.parents):
+                continue  # parent before child
+            position = self._start_position(shard, checkpoints.get(shard.shard_id))
+            consumer = ShardConsumer(self, shard, position, checkpoints.get(shard.shard_id))
+            self._consumers[shard.shard_id] = consumer
+            log.info("mapping %s: %s starts at %s", self.uuid, shard.shard_id, position)
+            tg.start_soon(self._run_shard, consumer)
+        return True
+
+    def _start_position(self, shard: ShardInfo, checkpoint: str | None) -> IteratorPosition:
+        if checkpoint is not None:
+            return IteratorPosition.after(checkpoint)
+        cfg = self.config
+        first_listing = self._first_listing or set()
+        if self._first_start and shard.shard_id not in first_listing:
+            return IteratorPosition("TRIM_HORIZON")  # a child found after the mapping started
+        if cfg.starting_position == "AT_TIMESTAMP":
+            return IteratorPosition("AT_TIMESTAMP", timestamp=cfg.starting_position_timestamp)
+        if cfg.starting_position == "LATEST":
+            if self._first_start:
+                return IteratorPosition("LATEST")
+            return IteratorPosition("AT_TIMESTAMP", timestamp=self._started_at)
+        return IteratorPosition("TRIM_HORIZON")
+
+    def statistics(self) -> MappingStatistics:
+        return MappingStatistics(
+            uuid=self.uuid,
+            function_name=self.config.function_name,
+            event_source_arn=self.config.event_source_arn,
+            state=self.state,
+            last_processing_result=self.last_processing_result,
+            counters=MappingCounters(
+                **{name: getattr(self.counters, name) for name in MappingCounters.__slots__}
+            ),
+            shards=tuple(c.statistics() for c in self._consumers.values()),
+        )

@@ -1,0 +1,283 @@
+"""One shard: a polling task feeding long-lived lane tasks, and the low-water checkpoint.
+
+The poller reads at Lambda's base rate of one GetRecords per second, and again at once while a
+poll comes back full, never faster than five calls per second (Kinesis's per-shard limit). It
+stops fetching while the shard's buffered records are at the bound (back-pressure).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._backoff import Backoff
+from ._batching import batch_count, event_bytes
+from ._errors import (
+    AccessDeniedError,
+    ExpiredIteratorError,
+    SourceError,
+    StreamNotFoundError,
+    ThrottledError,
+)
+from ._events import MAX_EVENT_BYTES, EventSource, event_record_overhead
+from ._lanes import Lane, ShardScheduler
+from ._records import Record
+from ._statistics import ShardStatistics
+from .source import ChildShard, IteratorPosition, ShardInfo
+from .state import SHARD_END
+
+if TYPE_CHECKING:
+    from ._mapping import MappingRunner
+
+__all__ = ["PollSettings", "ShardConsumer"]
+
+log = logging.getLogger("kinesis_esm.shard")
+
+
+@dataclass(frozen=True, slots=True)
+class PollSettings:
+    base_interval: float = 1.0  # Lambda's base rate: one poll per second per shard
+    min_interval: float = 0.2  # Kinesis allows five GetRecords per second per shard
+    max_records_per_call: int = 10_000
+    error_backoff_initial: float = 0.2
+    error_backoff_max: float = 10.0
+    problem_backoff_max: float = 60.0  # deleted stream, missing permission
+
+
+class ShardConsumer:
+    def __init__(
+        self,
+        mapping: MappingRunner,
+        shard: ShardInfo,
+        position: IteratorPosition,
+        checkpoint: str | None,
+    ) -> None:
+        self.mapping = mapping
+        self.shard = shard
+        self.position = position
+        cfg = mapping.config
+        self.config = cfg
+        self.scheduler = ShardScheduler(cfg.parallelization_factor)
+        self.max_buffered = cfg.buffered_records_limit
+        self.event_source = EventSource(
+            mapping.stream_arn, shard.shard_id, mapping.region, mapping.invoke_identity_arn
+        )
+        self.overhead = event_record_overhead(self.event_source)
+        self.state = "polling"
+        self.checkpoint = checkpoint
+        self.last_read_sequence: str | None = None
+        self.ended = False
+        self.child_shards: list[ChildShard] = []
+        self.iterator_age_ms: int | None = None
+        self.millis_behind_latest: int | None = None
+        self.records_polled = 0
+        self.records_invoked = 0
+        self._stopping = False
+        self._polling_done = False
+        self._lane_events = [anyio.Event() for _ in self.scheduler.lanes]
+        self._space = anyio.Event()
+        self._stop_event = anyio.Event()
+        self._commit_lock = anyio.Lock()
+        self._poll_scope: anyio.CancelScope | None = None
+
+    # lifecycle
+
+    async def run(self) -> bool:
+        """Consume until stopped or the shard's end; True once SHARD_END is checkpointed."""
+        async with anyio.create_task_group() as tg:
+            for lane in self.scheduler.lanes:
+                tg.start_soon(self._lane_loop, lane)
+            with anyio.CancelScope() as self._poll_scope:
+                if not self._stopping:
+                    await self._poll_loop()
+            self._polling_done = True
+            self._wake_all()
+        if self.ended and not self._stopping and self.scheduler.buffered == 0:
+            await self.mapping.store.set_checkpoint(
+                self.mapping.uuid, self.shard.shard_id, SHARD_END
+            )
+            self.checkpoint = SHARD_END
+            self.state = "ended"
+            return True
+        self.state = "stopped"
+        return False
+
+    def stop(self) -> None:
+        """Stop polling; lanes finish their in-flight batch, buffered records are left."""
+        self._stopping = True
+        self._stop_event.set()
+        if self._poll_scope is not None:
+            self._poll_scope.cancel()
+        self._wake_all()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def _wake_all(self) -> None:
+        for event in self._lane_events:
+            event.set()
+        self._space.set()
+
+    # polling
+
+    def _resume_position(self) -> IteratorPosition:
+        if self.last_read_sequence is not None:  # after the last record read, not the checkpoint
+            return IteratorPosition.after(self.last_read_sequence)
+        return self.position
+
+    async def _poll_loop(self) -> None:
+        settings = self.mapping.poll_settings
+        source = self.mapping.source
+        arn = self.mapping.stream_arn
+        shard_id = self.shard.shard_id
+        counters = self.mapping.counters
+        backoff = Backoff(settings.error_backoff_initial, settings.error_backoff_max)
+        iterator: str | None = None
+        last_call = -1e9
+        while True:
+            while self.scheduler.buffered >= self.max_buffered:
+                self._space = anyio.Event()
+                await self._space.wait()
+            if iterator is None:
+                try:
+                    iterator = await source.get_shard_iterator(
+                        arn, shard_id, self._resume_position()
+                    )
+                except SourceError as exc:
+                    await self._source_failed(exc, backoff)
+                    continue
+            delay = last_call + settings.min_interval - time.monotonic()
+            if delay > 0:
+                await anyio.sleep(delay)
+            limit = min(settings.max_records_per_call, self.max_buffered - self.scheduler.buffered)
+            last_call = time.monotonic()
+            counters.get_records_calls += 1
+            try:
+                result = await source.get_records(arn, iterator, limit)
+            except ExpiredIteratorError:
+                log.info("%s: iterator expired; resuming at %s", shard_id, self._resume_position())
+                iterator = None
+                continue
+            except SourceError as exc:
+                if not isinstance(exc, ThrottledError):
+                    iterator = None  # a broken connection may have spoiled it; take a fresh one
+                await self._source_failed(exc, backoff)
+                continue
+            backoff.reset()
+            self.mapping.source_recovered()
+            records = result.records
+            self.millis_behind_latest = result.millis_behind_latest
+            if records:
+                self.records_polled += len(records)
+                counters.polled_events += len(records)
+                self.last_read_sequence = records[-1].sequence_number
+                self.scheduler.ingest(records)
+                for event in self._lane_events:
+                    event.set()
+            iterator = result.next_iterator
+            if iterator is None:
+                self.ended = True
+                self.child_shards = result.child_shards
+                return
+            more = len(records) >= limit or bool(result.millis_behind_latest)
+            if not more:
+                await anyio.sleep(max(0.0, last_call + settings.base_interval - time.monotonic()))
+
+    async def _source_failed(self, exc: SourceError, backoff: Backoff) -> None:
+        counters = self.mapping.counters
+        counters.source_errors += 1
+        delay = backoff.next_delay()
+        if isinstance(exc, ThrottledError):
+            counters.throttles += 1
+        if isinstance(exc, StreamNotFoundError | AccessDeniedError):
+            self.mapping.source_problem(exc)
+            delay = min(self.mapping.poll_settings.problem_backoff_max, delay * 4)
+        log.warning("%s: %s; retrying in %.1fs", self.shard.shard_id, exc, delay)
+        await anyio.sleep(delay)
+
+    # lanes
+
+    async def _wait_lane(self, number: int, seconds: float | None) -> None:
+        event = self._lane_events[number]
+        with anyio.move_on_after(seconds):
+            await event.wait()
+        if event.is_set():
+            self._lane_events[number] = anyio.Event()
+
+    def _batch_ready(self, lane: Lane) -> bool:
+        cfg = self.config
+        if lane.count >= cfg.batch_size or self._polling_done:
+            return True
+        # the 6 MB cap is reached before BatchSize: no point waiting for the window
+        recs = lane.peek(lane.count)
+        return batch_count(recs, cfg.batch_size, self.overhead) < len(recs)
+
+    async def _lane_loop(self, lane: Lane) -> None:
+        cfg = self.config
+        window = cfg.maximum_batching_window_in_seconds
+        processor = self.mapping.processor
+        window_start = time.monotonic()
+        while not self._stopping:
+            if lane.count == 0:
+                if self._polling_done:
+                    return
+                await self._wait_lane(lane.number, None)
+                continue
+            if window > 0:
+                remaining = window_start + window - time.monotonic()
+                if remaining > 0 and not self._batch_ready(lane):
+                    await self._wait_lane(lane.number, remaining)
+                    continue
+            n = batch_count(lane.peek(cfg.batch_size), cfg.batch_size, self.overhead)
+            batch = lane.take(n)
+            if n == 1 and self._oversized(batch.records[0]):
+                self.mapping.counters.oversized_batches += 1
+                log.warning(
+                    "%s: record %s exceeds the 6 MB event limit; sending it alone",
+                    self.shard.shard_id,
+                    batch.records[0].sequence_number,
+                )
+            self.records_invoked += n
+            await processor.process(self, lane, batch)
+            window_start = time.monotonic()
+            await self.commit()
+
+    def _oversized(self, record: Record) -> bool:
+        return event_bytes([record], self.overhead) > MAX_EVENT_BYTES
+
+    async def commit(self) -> None:
+        """Write the low-water mark if it moved, and let the poller refill."""
+        async with self._commit_lock:
+            sequence = self.scheduler.update_low_water()
+            if sequence is not None:
+                await self.mapping.store.set_checkpoint(
+                    self.mapping.uuid, self.shard.shard_id, sequence
+                )
+                self.checkpoint = sequence
+        self._space.set()
+
+    async def sleep_unless_stopped(self, delay: float) -> bool:
+        """Sleep for a retry back-off; True if the shard was stopped meanwhile."""
+        with anyio.move_on_after(delay):
+            await self._stop_event.wait()
+        return self._stopping
+
+    def statistics(self) -> ShardStatistics:
+        return ShardStatistics(
+            shard_id=self.shard.shard_id,
+            state=self.state,
+            lanes=len(self.scheduler.lanes),
+            lanes_busy=self.scheduler.busy_lanes(),
+            records_buffered=self.scheduler.buffered,
+            checkpoint=self.checkpoint,
+            highest_sequence_read=self.scheduler.highest_sequence,
+            iterator_age_ms=self.iterator_age_ms,
+            millis_behind_latest=self.millis_behind_latest,
+            records_polled=self.records_polled,
+            records_invoked=self.records_invoked,
+        )

@@ -1,0 +1,90 @@
+"""The ``kinesis-esm`` command: run, demo, validate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+
+from ._config import ConfigError, load_config
+
+__all__ = ["main"]
+
+
+def _run_async(func: Callable[..., Awaitable[int]], *args: Any, **kwargs: Any) -> int:
+    async def entry() -> int:
+        return await func(*args, **kwargs)
+
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return anyio.run(entry)
+    return anyio.run(entry, backend_options={"use_uvloop": True})
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # botocore's debug output includes request headers; keep it quiet whatever our level
+    for noisy in ("botocore", "aiobotocore", "urllib3", "werkzeug"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kinesis-esm", description=__doc__)
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon from a config file")
+    run.add_argument("--config", required=True, help="TOML config file")
+    run.add_argument(
+        "--log-interval", type=float, default=60.0, help="seconds between progress logs"
+    )
+    validate = sub.add_parser("validate", help="check a config file and exit")
+    validate.add_argument("--config", required=True)
+    demo = sub.add_parser("demo", help="run on an embedded emulator with an example handler")
+    demo.add_argument(
+        "--seconds", type=float, default=20.0, help="how long to produce (default 20)"
+    )
+    demo.add_argument("--shards", type=int, default=4)
+    demo.add_argument("--rate", type=int, default=200, help="records per second to produce")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    if args.command == "demo":
+        from ._demo import run_demo
+
+        return _run_async(run_demo, seconds=args.seconds, shards=args.shards, rate=args.rate)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"kinesis-esm: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "validate":
+        print(f"{args.config}: OK ({len(config.event_source_mappings)} mappings)")
+        return 0
+    from ._daemon import run_daemon
+
+    try:
+        return _run_async(run_daemon, config, log_interval=args.log_interval)
+    except ConfigError as exc:
+        print(f"kinesis-esm: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"kinesis-esm: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

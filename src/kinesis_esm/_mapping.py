@@ -152,7 +152,11 @@ class MappingRunner:
         for shard in shards:
             if self._stopping:
                 break
-            if shard.shard_id in self._consumers or shard.shard_id in done:
+            running = self._consumers.get(shard.shard_id)
+            if running is not None:
+                running.shard = shard  # learns that its shard closed, and where it ends
+                continue
+            if shard.shard_id in done:
                 continue
             if any(p in listed and p not in done for p in shard.parents):
                 continue  # parent before child

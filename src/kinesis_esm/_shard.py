@@ -22,12 +22,13 @@ from ._errors import (
     SourceError,
     StreamNotFoundError,
     ThrottledError,
+    TrimmedPositionError,
 )
 from ._events import MAX_EVENT_BYTES, EventSource, event_record_overhead
 from ._lanes import Lane, ShardScheduler
 from ._records import Record
 from ._statistics import ShardStatistics
-from .source import ChildShard, IteratorPosition, ShardInfo
+from .source import ChildShard, GetRecordsResult, IteratorPosition, ShardInfo
 from .state import SHARD_END
 
 if TYPE_CHECKING:
@@ -144,10 +145,12 @@ class ShardConsumer:
                 self._space = anyio.Event()
                 await self._space.wait()
             if iterator is None:
+                position = self._resume_position()
                 try:
-                    iterator = await source.get_shard_iterator(
-                        arn, shard_id, self._resume_position()
-                    )
+                    iterator = await source.get_shard_iterator(arn, shard_id, position)
+                except TrimmedPositionError as exc:
+                    self._restart_after_trim(position, exc)
+                    continue
                 except SourceError as exc:
                     await self._source_failed(exc, backoff)
                     continue
@@ -180,13 +183,36 @@ class ShardConsumer:
                 for event in self._lane_events:
                     event.set()
             iterator = result.next_iterator
-            if iterator is None:
+            if iterator is None or self._read_to_listed_end(result):
                 self.ended = True
                 self.child_shards = result.child_shards
                 return
             more = len(records) >= limit or bool(result.millis_behind_latest)
             if not more:
                 await anyio.sleep(max(0.0, last_call + settings.base_interval - time.monotonic()))
+
+    def _read_to_listed_end(self, result: GetRecordsResult) -> bool:
+        """A closed shard read to its listed end, on servers whose closed shards never return a
+        null NextShardIterator (moto): nothing more came and nothing is behind."""
+        ending = self.shard.ending_sequence_number
+        if ending is None or result.records or result.millis_behind_latest:
+            return False
+        last = self.last_read_sequence
+        return last is None or int(last) >= int(ending)
+
+    def _restart_after_trim(self, position: IteratorPosition, exc: SourceError) -> None:
+        # The checkpoint is older than the stream's retention: what lay between is gone. Count
+        # the gap, say so loudly, and go on from the oldest record rather than loop or crash.
+        self.mapping.counters.retention_gaps += 1
+        log.error(
+            "%s: %s is no longer in the stream (%s); records after it were trimmed by retention "
+            "and are lost; restarting at TRIM_HORIZON",
+            self.shard.shard_id,
+            position,
+            exc,
+        )
+        self.last_read_sequence = None
+        self.position = IteratorPosition("TRIM_HORIZON")
 
     async def _source_failed(self, exc: SourceError, backoff: Backoff) -> None:
         counters = self.mapping.counters

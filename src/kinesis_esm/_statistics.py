@@ -25,6 +25,7 @@ class MappingCounters:
     get_records_calls: int = 0
     source_errors: int = 0
     throttles: int = 0
+    retention_gaps: int = 0  # checkpoints found trimmed by retention (restarted at TRIM_HORIZON)
 
 
 @dataclass(frozen=True, slots=True)

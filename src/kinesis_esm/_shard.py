@@ -140,8 +140,10 @@ class ShardConsumer:
         backoff = Backoff(settings.error_backoff_initial, settings.error_backoff_max)
         iterator: str | None = None
         last_call = -1e9
+        # back-pressure: poll again only once a useful amount of room is free, not per record
+        room_needed = max(1, min(self.config.batch_size, self.max_buffered // 2))
         while True:
-            while self.scheduler.buffered >= self.max_buffered:
+            while self.max_buffered - self.scheduler.buffered < room_needed:
                 self._space = anyio.Event()
                 await self._space.wait()
             if iterator is None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import json
 import math
 import re
@@ -545,16 +546,53 @@ class FunctionConfig:
         return f"arn:{partition}:lambda:{region}:{account_id}:function:{self.name}"
 
 
+CONTROL_AUTH = ("none", "sigv4", "bearer")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 @dataclass(frozen=True, slots=True)
 class ControlConfig:
+    """The control plane's listener. Any address but loopback requires ``auth``: SigV4 checked
+    against ``access_key_id`` / ``secret_access_key``, or ``Authorization: Bearer <token>``."""
+
     host: str = "127.0.0.1"
     port: int = 9001  # 0 picks a free port
+    auth: str = "none"
+    access_key_id: str | None = None
+    secret_access_key: str | None = dataclasses.field(default=None, repr=False)
+    token: str | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _expect("host", self.host, (str,), "a string")
         if not self.host:
             raise ConfigError("must not be empty", parameter="host")
         _in_range("port", self.port, 0, 65535)
+        _expect("auth", self.auth, (str,), "a string")
+        if self.auth not in CONTROL_AUTH:
+            message = f"{self.auth!r} is not one of {', '.join(CONTROL_AUTH)}"
+            raise ConfigError(message, parameter="auth")
+        for name in ("access_key_id", "secret_access_key", "token"):
+            if (value := getattr(self, name)) is not None:
+                _expect(name, value, (str,), "a string")
+                if not value:
+                    raise ConfigError("must not be empty", parameter=name)
+        if self.auth == "none" and not _is_loopback(self.host):
+            message = f"binding {self.host} (not a loopback address) requires authentication"
+            hint = 'set auth = "sigv4" (with access_key_id, secret_access_key) or "bearer" (token)'
+            raise ConfigError(message, parameter="auth", hint=hint)
+        if self.auth == "sigv4" and not (self.access_key_id and self.secret_access_key):
+            message = 'auth = "sigv4" needs access_key_id and secret_access_key'
+            raise ConfigError(message, parameter="auth")
+        if self.auth == "bearer" and self.token is None:
+            raise ConfigError('auth = "bearer" needs token', parameter="auth")
+        if self.token is not None and len(self.token) < 16:
+            raise ConfigError("must be at least 16 characters", parameter="token")
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@ Layout (a contract)::
 
     [kinesis]                     # optional: endpoint_url, region
     [state]                       # optional: path
-    [control]                     # optional: host, port
+    [control]                     # optional: host, port, auth, access_key_id,
+                                  #   secret_access_key, token
     [functions.<name>]            # handler = "package.module:attr", timeout, memory_size, role
     [[event_source_mappings]]     # Lambda's CreateEventSourceMapping parameters, in snake_case
     [event_source_mappings.destination_config.on_failure]   # destination

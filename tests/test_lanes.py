@@ -120,6 +120,15 @@ class Simulation:
         self.checkpoint_at_crash.append(self.checkpoint_position())
         self.inc = self._start(self.inc.number + 1, stuck)
 
+    def stop(self, stuck: frozenset[int]) -> None:
+        """A clean stop: drop what no lane took, let working lanes finish, commit, restart."""
+        inc = self.inc
+        assert inc.scheduler.drop_buffered() == inc.ingested - inc.taken
+        for lane in self.advanceable_lanes():
+            self.advance(lane, len(inc.in_flight[lane].positions))
+        self.commit()
+        self.crash(stuck)
+
     # actions
 
     @property
@@ -297,7 +306,7 @@ def drive(data: st.DataObject, sim: Simulation, max_steps: int, crashes: bool) -
         if sim.advanceable_lanes():
             enabled += ["advance", "finish"]
         if crashes:
-            enabled.append("crash")
+            enabled += ["crash", "stop"]
         action = data.draw(st.sampled_from(enabled), label="action")
         if action == "ingest":
             sim.ingest(data.draw(st.integers(1, sim.unread()), label="chunk"))
@@ -320,7 +329,10 @@ def drive(data: st.DataObject, sim: Simulation, max_steps: int, crashes: bool) -
             sim.commit()
         else:
             stuck = data.draw(st.frozensets(st.integers(0, sim.factor - 1)), label="stuck")
-            sim.crash(stuck)
+            if action == "crash":
+                sim.crash(stuck)
+            else:
+                sim.stop(stuck)
         sim.check_invariants()
 
 
@@ -511,6 +523,18 @@ def test_a_batch_spans_several_reads_of_a_lane() -> None:
     assert list(batch.indices) == [0, 2, 4]
     assert scheduler.lanes[0].count == 1
     assert scheduler.lanes[0].peek(5) == [records[6]]
+
+
+def test_dropping_buffered_records_never_checkpoints_past_them() -> None:
+    scheduler, records = two_lane_scheduler("ababab")
+    lane_a, lane_b = scheduler.lanes
+    batch = lane_a.take(1)  # index 0
+    lane_b.finish(lane_b.take(1))  # index 1
+    assert scheduler.drop_buffered() == 4  # indices 2..5, never handed out
+    lane_a.finish(batch)
+    assert scheduler.update_low_water() == records[1].sequence_number
+    assert scheduler.low_water_index() == 1
+    assert scheduler.buffered == 4
 
 
 def test_the_default_lane_of_is_stable_and_in_range() -> None:

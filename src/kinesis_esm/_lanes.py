@@ -44,7 +44,14 @@ class Batch:
 class Lane:
     """One lane's FIFO of records, and the batch it has in flight."""
 
-    __slots__ = ("_segments", "count", "in_flight", "lowest_unfinished_in_flight", "number")
+    __slots__ = (
+        "_segments",
+        "count",
+        "dropped_from",
+        "in_flight",
+        "lowest_unfinished_in_flight",
+        "number",
+    )
 
     def __init__(self, number: int) -> None:
         self.number = number
@@ -52,6 +59,7 @@ class Lane:
         self.count = 0  # records buffered, not yet taken into a batch
         self.in_flight: Batch | None = None
         self.lowest_unfinished_in_flight = 0
+        self.dropped_from: int | None = None  # first record dropped unfinished (drop_buffered)
 
     def append(self, records: list[Record], indices: Sequence[int]) -> None:
         if records:
@@ -61,11 +69,14 @@ class Lane:
     def lowest_unfinished(self) -> int | None:
         """Index of the first record of this lane that is not done, or None."""
         if self.in_flight is not None:
-            return self.lowest_unfinished_in_flight
-        if self._segments:
+            low = self.lowest_unfinished_in_flight
+        elif self._segments:
             head = self._segments[0]
-            return head.indices[head.start]
-        return None
+            low = head.indices[head.start]
+        else:
+            return self.dropped_from
+        dropped = self.dropped_from
+        return low if dropped is None or low < dropped else dropped
 
     def peek(self, limit: int) -> list[Record]:
         """Up to ``limit`` buffered records from the front, without taking them."""
@@ -121,7 +132,14 @@ class Lane:
         self.advance(batch, len(batch.indices))
 
     def drop_buffered(self) -> int:
-        """Forget buffered records not yet taken (on stop); returns how many."""
+        """Forget buffered records not yet taken (on stop); returns how many.
+
+        They were never handled, so the low-water mark stays below the first of them for good:
+        after a restart they are read and delivered again.
+        """
+        if self._segments and self.dropped_from is None:
+            head = self._segments[0]
+            self.dropped_from = head.indices[head.start]
         dropped = self.count
         self._segments.clear()
         self.count = 0

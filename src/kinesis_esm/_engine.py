@@ -27,7 +27,16 @@ __all__ = ["SUPPORTED_FEATURES", "Engine"]
 log = logging.getLogger("kinesis_esm.engine")
 
 # Parameters whose non-default values this build implements; the rest are rejected clearly.
-SUPPORTED_FEATURES: frozenset[str] = frozenset({"parallelization_factor"})
+SUPPORTED_FEATURES: frozenset[str] = frozenset(
+    {
+        "parallelization_factor",
+        "maximum_retry_attempts",
+        "maximum_record_age_in_seconds",
+        "bisect_batch_on_function_error",
+        "function_response_types",
+        "destination_config",
+    }
+)
 
 
 class Engine:

@@ -115,6 +115,8 @@ class MappingRunner:
                         await self._sync_requested.wait()
                     self._sync_requested = anyio.Event()
         finally:
+            with anyio.CancelScope(shield=True):
+                await self.processor.aclose()  # the on-failure destination's client
             self.stopped.set()
 
     def stop(self) -> None:

@@ -1,72 +1,299 @@
-"""Running one batch to completion: invoke, and on a function error retry with capped
-exponential back-off until it succeeds (Lambda's default: infinite retries, infinite age).
+"""Running one batch to completion under Lambda's failure policy.
 
-The shard does not advance past a failing batch; other lanes and shards go on.
+The policy itself (retry counting, bisect, partial responses, record age, the report) is pure
+and lives in ``_failures``; this module does the awaiting: invoking, backing off, delivering
+reports, and moving the lane's checkpoint as ranges of the batch settle. docs/failure-handling.md
+describes the behaviour for users. The I/O-side choices:
+
+* **Order and checkpoints.** A batch is worked front first, one range at a time. Whenever the
+  settled prefix grows (success, a partial response's cut, a discard), ``lane.advance`` marks it
+  and the shard commits, so the low-water checkpoint passes good records while a poison record
+  further on is still being retried. The shard never passes a record that is not settled.
+* **Back-off.** Retries of a range back off exponentially (``RetrySettings``), reset whenever
+  the batch makes progress; a bisect split retries the first half at once. Every sleep ends
+  early when the shard stops: the unsettled rest stays in flight and is read again later (so
+  retry counts start afresh after a restart).
+* **Could not invoke.** ``Function.invoke`` raising means the invocation was never made
+  (throttling, an unreachable endpoint): retried with back-off, not counted against
+  MaximumRetryAttempts, not an invocation; records still age out meanwhile.
+* **Hangs.** An invoke that does not return within the function's timeout plus 5 s is abandoned
+  and counted as a timed-out function error, so a broken function backend cannot stall a shard
+  silently. Every failure is logged and shown in LastProcessingResult.
+* **Nothing lost.** A discarded range goes to the on-failure destination; without one it is
+  counted in DroppedEventCount and logged (logger ``kinesis_esm.dropped``) with its sequence
+  range. When the destination cannot take a report, ``on_failure_delivery = "retry"`` (the
+  default) counts a DestinationDeliveryFailure, backs off and tries again, and the shard waits;
+  ``"drop"`` is Lambda's behaviour: count DestinationDeliveryFailures and DroppedEventCount, log,
+  and go on.
+* **Metrics** (Lambda's meanings): Invocations and InvokedEventCount per invocation made;
+  Errors per function error; FailedInvokeEventCount for the records of a failed invocation
+  (for a partial response, those from the lowest failed one on); DroppedEventCount;
+  OnFailureDestinationDeliveredEventCount; DestinationDeliveryFailures per failed attempt.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from ._backoff import Backoff
 from ._events import build_event
+from ._failures import (
+    BatchPlan,
+    Discard,
+    Step,
+    expired_prefix,
+    failure_report,
+    parse_batch_response,
+)
 from ._lanes import Batch, Lane
+from ._records import Record
+from .destinations import Destination, FailureReport, open_destination
+from .functions import InvokeResult
 
 if TYPE_CHECKING:
     from ._mapping import MappingRunner
     from ._shard import ShardConsumer
 
-__all__ = ["BatchProcessor"]
+__all__ = ["DELIVERY_MODES", "INVOKE_GRACE", "BatchProcessor", "wall_clock"]
 
 log = logging.getLogger("kinesis_esm.processing")
+dropped_log = logging.getLogger("kinesis_esm.dropped")
+
+# The wall clock record ages are measured with (a seam for tests: monkeypatch it).
+wall_clock: Callable[[], float] = time.time
+INVOKE_GRACE = 5.0  # beyond the function's own timeout, before an invoke is abandoned
+DELIVERY_MODES = ("retry", "drop")
+REPORT_BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
+
+FUNCTION_CALL_FAILED = "PROBLEM: Function call failed"
+BATCH_ITEM_FAILURES = "PROBLEM: Function reported batch item failures"
+INVALID_RESPONSE = "PROBLEM: Function returned an invalid batch item failures response"
+NOT_INVOKED = "PROBLEM: Function could not be invoked"
+DELIVERY_FAILED = "PROBLEM: On-failure destination delivery failed"
 
 
 class BatchProcessor:
+    """One mapping's policy for its batches; ``process`` runs one lane batch to completion."""
+
     def __init__(self, mapping: MappingRunner) -> None:
         self.mapping = mapping
+        cfg = mapping.config
+        self.report_item_failures = REPORT_BATCH_ITEM_FAILURES in cfg.function_response_types
+        # kinesis-esm's own setting (proposed config key); Lambda's behaviour is "drop"
+        self.delivery_mode: str = getattr(cfg, "on_failure_delivery", "retry")
+        if self.delivery_mode not in DELIVERY_MODES:
+            raise ValueError(
+                f"on_failure_delivery must be one of {DELIVERY_MODES}, got {self.delivery_mode!r}"
+            )
+        target = cfg.destination_config.on_failure.destination
+        self.destination: Destination | None = (
+            open_destination(target, region=mapping.region) if target else None
+        )
 
-    def payload(self, shard: ShardConsumer, batch: Batch) -> Any:
+    async def aclose(self) -> None:
+        if self.destination is not None:
+            await self.destination.aclose()
+
+    def payload(self, shard: ShardConsumer, records: Sequence[Record]) -> Any:
         # built afresh for every attempt: a handler that mutates its event cannot taint a retry
         if self.mapping.function.input == "records":
-            return list(batch.records)
-        return build_event(shard.event_source, batch.records)
+            return list(records)
+        return build_event(shard.event_source, records)
 
     async def process(self, shard: ShardConsumer, lane: Lane, batch: Batch) -> None:
-        mapping = self.mapping
-        counters = mapping.counters
-        settings = mapping.retry_settings
-        backoff = Backoff(settings.initial, settings.maximum)
-        n = len(batch)
-        while True:
-            shard.iterator_age_ms = max(
-                0, int((time.time() - batch.records[-1].approximate_arrival_timestamp) * 1000)
-            )
-            counters.invocations += 1
-            counters.invoked_events += n
-            result = await mapping.function.invoke(self.payload(shard, batch))
-            if result.ok:
-                counters.succeeded_events += n
-                mapping.last_processing_result = "OK"
-                lane.finish(batch)
+        await _BatchRun(self, shard, lane, batch).run()
+
+
+class _BatchRun:
+    """The processing of one lane batch: the plan, its back-off, and the settled prefix."""
+
+    def __init__(
+        self, processor: BatchProcessor, shard: ShardConsumer, lane: Lane, batch: Batch
+    ) -> None:
+        self.processor = processor
+        self.mapping = processor.mapping
+        self.shard = shard
+        self.lane = lane
+        self.batch = batch
+        cfg = self.mapping.config
+        self.maximum_age = cfg.maximum_record_age_in_seconds
+        self.plan = BatchPlan(
+            len(batch),
+            maximum_retry_attempts=cfg.maximum_retry_attempts,
+            bisect=cfg.bisect_batch_on_function_error,
+        )
+        settings = self.mapping.retry_settings
+        self.backoff = Backoff(settings.initial, settings.maximum)
+        self.settled = 0
+
+    async def run(self) -> None:
+        plan, records = self.plan, self.batch.records
+        while (current := plan.current) is not None:
+            pending = records[current.start : current.end]
+            expired = expired_prefix(pending, wall_clock(), self.maximum_age)
+            outcome = plan.expire(expired) if expired else await self.attempt(pending)
+            if outcome is None:  # the invocation could not be made
+                if await self.shard.sleep_unless_stopped(self.backoff.next_delay()):
+                    return
+                continue
+            if isinstance(outcome, Discard) and not await self.discard(outcome):
+                return  # stopped while the destination was unreachable
+            await self.settle()
+            if outcome == "retry" and await self.shard.sleep_unless_stopped(
+                self.backoff.next_delay()
+            ):
                 return
-            counters.errors += 1
-            counters.failed_invoke_events += n
-            mapping.last_processing_result = "PROBLEM: Function call failed"
-            delay = backoff.next_delay()
+
+    async def settle(self) -> None:
+        """Mark the settled prefix finished in the lane, and let the checkpoint follow it."""
+        done = self.plan.done
+        if done == self.settled:
+            return
+        self.settled = done
+        self.backoff.reset()
+        if done >= len(self.batch):
+            self.lane.finish(self.batch)  # the shard commits when process() returns
+        else:
+            self.lane.advance(self.batch, done)
+            await self.shard.commit()
+
+    async def _invoke(self, records: Sequence[Record]) -> InvokeResult:
+        function = self.mapping.function
+        payload = self.processor.payload(self.shard, records)
+        result: InvokeResult | None = None
+        with anyio.move_on_after(function.timeout + INVOKE_GRACE):
+            result = await function.invoke(payload)
+        if result is None:
+            message = f"no answer within {function.timeout + INVOKE_GRACE:.1f}s; abandoned"
+            return InvokeResult(str(uuid.uuid4()), error_type="Unhandled", error_message=message)
+        return result
+
+    async def attempt(self, records: Sequence[Record]) -> Step | Discard | None:
+        """Invoke the function once with ``records``; what the plan says next (None: the
+        invocation could not be made)."""
+        mapping, shard, counters = self.mapping, self.shard, self.mapping.counters
+        n = len(records)
+        age = wall_clock() - records[-1].approximate_arrival_timestamp
+        shard.iterator_age_ms = max(0, int(age * 1000))
+        try:
+            result = await self._invoke(records)
+        except Exception as exc:
+            mapping.last_processing_result = NOT_INVOKED
             log.warning(
-                "%s %s: function %s failed on %d records %s..%s (%s: %s); retry %d in %.1fs",
+                "%s %s: could not invoke %s with %d records %s (%s: %s); not counted as a retry",
                 mapping.uuid,
                 shard.shard.shard_id,
                 mapping.function.name,
                 n,
-                batch.records[0].sequence_number,
-                batch.records[-1].sequence_number,
-                result.error_type,
-                result.error_message,
-                backoff.attempts,
-                delay,
+                _span(records),
+                type(exc).__name__,
+                exc,
             )
-            if await shard.sleep_unless_stopped(delay):
-                return  # stopped: the batch stays unfinished and is delivered again later
+            return None
+        self.plan.invoked(result.request_id)
+        counters.invocations += 1
+        counters.invoked_events += n
+        if not result.ok:
+            counters.errors += 1
+            counters.failed_invoke_events += n
+            self._problem(
+                FUNCTION_CALL_FAILED, records, f"{result.error_type}: {result.error_message}"
+            )
+            function_error = "Handled" if result.error_type == "Handled" else "Unhandled"
+            return self.plan.failed(function_error=function_error)
+        if self.processor.report_item_failures:
+            verdict = parse_batch_response(result.payload, [r.sequence_number for r in records])
+            if verdict.kind == "invalid":
+                counters.failed_invoke_events += n
+                self._problem(INVALID_RESPONSE, records, verdict.reason)
+                return self.plan.failed()
+            if verdict.kind == "partial":
+                done = verdict.failed_from
+                counters.succeeded_events += done
+                counters.failed_invoke_events += n - done
+                failed = records[done].sequence_number
+                self._problem(BATCH_ITEM_FAILURES, records, f"lowest failed record {failed}")
+                return self.plan.failed(completed=done, whole=False)
+        counters.succeeded_events += n
+        mapping.last_processing_result = "OK"
+        self.plan.succeeded()
+        return "continue"
+
+    def _problem(self, result: str, records: Sequence[Record], detail: str) -> None:
+        mapping = self.mapping
+        mapping.last_processing_result = result
+        log.warning(
+            "%s %s: %s on %d records %s (%s)",
+            mapping.uuid,
+            self.shard.shard.shard_id,
+            result.removeprefix("PROBLEM: "),
+            len(records),
+            _span(records),
+            detail,
+        )
+
+    async def discard(self, discard: Discard) -> bool:
+        """Report (or drop) discarded records; False if the shard stopped before that."""
+        mapping, shard, counters = self.mapping, self.shard, self.mapping.counters
+        records = self.batch.records[discard.start : discard.end]
+        n, shard_id, now = len(records), shard.shard.shard_id, wall_clock()
+        what = f"{n} records {_span(records)} of {shard_id} ({discard.condition})"
+        destination = self.processor.destination
+        if destination is None:
+            counters.dropped_events += n
+            dropped_log.error("%s: dropped %s: no on-failure destination", mapping.uuid, what)
+            return True
+        record = failure_report(
+            discard,
+            records,
+            request_id=discard.request_id or str(uuid.uuid4()),
+            function_arn=mapping.function.arn,
+            shard_id=shard_id,
+            stream_arn=mapping.stream_arn,
+            now=now,
+        )
+        event = build_event(shard.event_source, records)
+        report = FailureReport(record, event, mapping.uuid, shard_id, now, n)
+        settings = mapping.retry_settings
+        backoff = Backoff(settings.initial, settings.maximum)
+        while True:
+            try:
+                await destination.deliver(report)
+            except Exception as exc:
+                counters.destination_delivery_failures += 1
+                if self.processor.delivery_mode == "drop":
+                    counters.dropped_events += n
+                    dropped_log.error(
+                        "%s: dropped %s: %s could not take the report: %s",
+                        mapping.uuid,
+                        what,
+                        destination.target,
+                        exc,
+                    )
+                    return True
+                mapping.last_processing_result = DELIVERY_FAILED
+                delay = backoff.next_delay()
+                log.warning(
+                    "%s: cannot report %s to %s (%s); shard waits, retry in %.2fs",
+                    mapping.uuid,
+                    what,
+                    destination.target,
+                    exc,
+                    delay,
+                )
+                if await shard.sleep_unless_stopped(delay):
+                    return False
+                continue
+            counters.on_failure_delivered_events += n
+            log.warning("%s: discarded %s; reported to %s", mapping.uuid, what, destination.target)
+            return True
+
+
+def _span(records: Sequence[Record]) -> str:
+    return f"{records[0].sequence_number}..{records[-1].sequence_number}"

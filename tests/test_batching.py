@@ -149,10 +149,6 @@ def test_awkward_keys_are_sized_as_an_upper_bound(key: str) -> None:
     assert real_size(records[:n]) <= cap < real_size(records[: n + 1]) + 40 * n
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_events.event_record_overhead leaves room for encryptionType 'KMS', not 'NONE'",
-)
 def test_encryption_type_none_is_within_the_estimate() -> None:
     # Kinesis's EncryptionType is NONE or KMS; emulators send NONE for plain streams.
     records = [record(b64(100), encryption="NONE", key=f"k{i:03d}") for i in range(200)]

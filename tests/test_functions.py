@@ -233,13 +233,6 @@ async def test_return_value_lambda_cannot_serialize_is_a_function_error(value: o
     assert result.error_message.startswith("Unable to marshal response")
 
 
-ORJSON_ONLY_BUG = (
-    "BUG: functions/_callable.py checks the return value with orjson.dumps, which rejects "
-    "values Lambda's Python runtime (awslambdaric, simplejson Encoder) serializes: Decimal, "
-    "non-str dict keys, ints beyond 64 bits, bytes (returned raw). Such a batch fails forever."
-)
-
-
 @pytest.mark.parametrize(
     "value",
     [
@@ -248,34 +241,16 @@ ORJSON_ONLY_BUG = (
         {"batchItemFailures": []},
         ("a", 1),
         [1.5, True, None],
-        pytest.param(
-            {"total": decimal.Decimal("12.50")},
-            id="decimal",
-            marks=pytest.mark.xfail(strict=True, reason=ORJSON_ONLY_BUG),
-        ),
-        pytest.param(
-            {1: "int key"},
-            id="int-key",
-            marks=pytest.mark.xfail(strict=True, reason=ORJSON_ONLY_BUG),
-        ),
-        pytest.param(
-            2**70, id="big-int", marks=pytest.mark.xfail(strict=True, reason=ORJSON_ONLY_BUG)
-        ),
-        pytest.param(
-            b"raw bytes", id="bytes", marks=pytest.mark.xfail(strict=True, reason=ORJSON_ONLY_BUG)
-        ),
+        pytest.param({"total": decimal.Decimal("12.50")}, id="decimal"),
+        pytest.param({1: "int key"}, id="int-key"),
+        pytest.param(2**70, id="big-int"),
+        pytest.param(b"raw bytes", id="bytes"),
     ],
 )
 async def test_return_value_lambda_serializes_is_a_success(value: object) -> None:
     result = await CallableFunction(lambda event, context: value, name="f").invoke(EVENT)
     assert result.ok, result
     assert result.payload == value
-
-
-SYSTEM_EXIT_BUG = (
-    "BUG: functions/_callable.py catches Exception only; a handler's sys.exit() (SystemExit) "
-    "escapes invoke() and kills the engine and daemon. Lambda reports Runtime.ExitError."
-)
 
 
 def _sys_exit(event: dict[str, Any], context: LambdaContext) -> None:
@@ -286,7 +261,6 @@ async def _async_sys_exit(event: dict[str, Any], context: LambdaContext) -> None
     sys.exit(3)
 
 
-@pytest.mark.xfail(strict=True, reason=SYSTEM_EXIT_BUG)
 @pytest.mark.parametrize("handler", [_sys_exit, _async_sys_exit], ids=["sync", "async"])
 def test_handler_calling_sys_exit_is_a_function_error(
     handler: Callable[[dict[str, Any], LambdaContext], Any],

@@ -419,12 +419,6 @@ async def test_a_lost_stream_or_permission_is_a_visible_problem_not_a_crash_loop
     assert any(r.levelno >= logging.ERROR for r in caplog.records)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs src change: after a transient error, a shard that started at LATEST and has "
-    "read nothing yet takes LATEST again and skips the records written meanwhile; it must "
-    "resume AT_TIMESTAMP of its first LATEST iterator",
-)
 async def test_latest_shard_loses_nothing_across_a_transient_failure() -> None:
     stream = MemoryStream(ARN, 1)
     writer = Writer(stream)

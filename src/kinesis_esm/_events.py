@@ -70,7 +70,7 @@ def event_record_overhead(source: EventSource) -> int:
     empty = Record("", "", "", 0.0)
     one = len(orjson.dumps(build_event(source, [empty])["Records"][0]))
     timestamp_room = len("9999999999.999") - len("0.0")
-    return one + 1 + timestamp_room + len(',"encryptionType":"KMS"')
+    return one + 1 + timestamp_room + len(',"encryptionType":"NONE"')  # NONE or KMS
 
 
 def record_event_size(record: Record, overhead: int) -> int:

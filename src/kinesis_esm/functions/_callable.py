@@ -7,7 +7,9 @@ abandoned (it finishes in the background) and the invocation counts as timed out
 
 from __future__ import annotations
 
+import decimal
 import inspect
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -38,6 +40,28 @@ class InvokeResult:
     @property
     def ok(self) -> bool:
         return self.error_type is None
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, decimal.Decimal):  # Lambda's Python runtime serializes Decimal
+        return float(value) if value % 1 else int(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _marshal_error(value: object) -> str | None:
+    """None when Lambda's Python runtime could serialize ``value`` as the response."""
+    if value is None or isinstance(value, bytes | bytearray | str):
+        return None  # bytes go back raw
+    try:
+        orjson.dumps(value)  # the fast common case
+        return None
+    except TypeError:
+        pass
+    try:  # the runtime uses the standard json module: int keys, big ints, Decimal are fine
+        json.dumps(value, default=_json_default)
+        return None
+    except (TypeError, ValueError) as exc:
+        return str(exc)
 
 
 class CallableFunction:
@@ -90,13 +114,15 @@ class CallableFunction:
         except Exception as exc:
             result.error_type = "Unhandled"
             result.error_message = f"{type(exc).__name__}: {exc}"
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # a handler calling sys.exit() ends Lambda's runtime, not the daemon
+            result.error_type = "Runtime.ExitError"
+            result.error_message = f"{type(exc).__name__}: {exc}"
         else:
-            if value is not None:
-                try:  # Lambda fails a response it cannot serialize
-                    orjson.dumps(value)
-                except TypeError as exc:
-                    result.error_type = "Runtime.MarshalError"
-                    result.error_message = f"Unable to marshal response: {exc}"
+            marshal_error = _marshal_error(value)
+            if marshal_error is not None:  # Lambda fails a response it cannot serialize
+                result.error_type = "Runtime.MarshalError"
+                result.error_message = f"Unable to marshal response: {marshal_error}"
             result.payload = value
         result.duration = time.monotonic() - started
         return result

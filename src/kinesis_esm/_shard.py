@@ -148,8 +148,13 @@ class ShardConsumer:
                 await self._space.wait()
             if iterator is None:
                 position = self._resume_position()
+                asked_at = time.time()
                 try:
                     iterator = await source.get_shard_iterator(arn, shard_id, position)
+                    if position.type == "LATEST":
+                        # a later iterator (after an error or expiry, before any record was
+                        # read) must not jump to a newer LATEST and skip what came meanwhile
+                        self.position = IteratorPosition("AT_TIMESTAMP", timestamp=asked_at)
                 except TrimmedPositionError as exc:
                     self._restart_after_trim(position, exc)
                     continue

@@ -1,0 +1,1 @@
+"""kinesis-esm's benchmarks: ``python -m benchmarks [throughput|latency|idle|pipeline]``."""

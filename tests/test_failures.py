@@ -26,6 +26,11 @@ from kinesis_esm._records import Record
 
 SEQS = ["49590338271490256608559692538361571095921575989136588898", "4959033827149025660855969"]
 
+
+def recs(seqs: list[str]) -> list[Record]:
+    return [Record(seq, "key", "", 0.0) for seq in seqs]
+
+
 # The reference's table (section 3): response -> "success" | "invalid" (complete failure).
 RESPONSE_TABLE: list[tuple[str, Any, str]] = [
     ("empty string", "", "success"),
@@ -45,7 +50,7 @@ RESPONSE_TABLE: list[tuple[str, Any, str]] = [
 
 @pytest.mark.parametrize(("payload", "kind"), [row[1:] for row in RESPONSE_TABLE])
 def test_response_table(payload: Any, kind: str) -> None:
-    assert parse_batch_response(payload, SEQS).kind == kind
+    assert parse_batch_response(payload, recs(SEQS)).kind == kind
 
 
 @pytest.mark.parametrize(
@@ -53,16 +58,16 @@ def test_response_table(payload: Any, kind: str) -> None:
     ["garbage", 42, True, [1], {"batchItemFailures": "x"}, {"batchItemFailures": [None]}],
 )
 def test_garbage_is_a_complete_failure(payload: Any) -> None:
-    verdict = parse_batch_response(payload, SEQS)
+    verdict = parse_batch_response(payload, recs(SEQS))
     assert verdict.kind == "invalid" and verdict.reason
 
 
 def test_other_keys_without_failures_are_success() -> None:
-    assert parse_batch_response({"statusCode": 200}, SEQS).ok
+    assert parse_batch_response({"statusCode": 200}, recs(SEQS)).ok
 
 
 def test_integer_identifier_reads_as_its_decimal_string() -> None:
-    verdict = parse_batch_response({"batchItemFailures": [{"itemIdentifier": 7}]}, ["5", "7"])
+    verdict = parse_batch_response({"batchItemFailures": [{"itemIdentifier": 7}]}, recs(["5", "7"]))
     assert (verdict.kind, verdict.failed_from) == ("partial", 1)
 
 
@@ -77,7 +82,7 @@ def test_checkpoint_cut_is_just_before_the_lowest_failed_record(
 ) -> None:
     failed = data.draw(st.lists(st.sampled_from(range(len(seqs))), min_size=1))
     payload = {"batchItemFailures": [{"itemIdentifier": seqs[i]} for i in failed]}
-    verdict = parse_batch_response(payload, seqs)
+    verdict = parse_batch_response(payload, recs(seqs))
     assert verdict.kind == "partial"
     assert verdict.failed_from == min(failed)
     # and the plan settles exactly the records before it, counting one retry
@@ -99,7 +104,7 @@ def test_one_bad_item_spoils_the_whole_response(seqs: list[str], data: st.DataOb
         )
     )
     items = data.draw(st.permutations([*good, bad]))
-    assert parse_batch_response({"batchItemFailures": items}, seqs).kind == "invalid"
+    assert parse_batch_response({"batchItemFailures": items}, recs(seqs)).kind == "invalid"
 
 
 # retry counting

@@ -90,7 +90,7 @@ def _invalid(reason: str) -> ResponseVerdict:
     return ResponseVerdict("invalid", reason=reason)
 
 
-def parse_batch_response(payload: Any, sequence_numbers: Sequence[str]) -> ResponseVerdict:
+def parse_batch_response(payload: Any, records: Sequence[Record]) -> ResponseVerdict:
     """Read a function's return value as a partial batch response for these records."""
     if payload is None or (isinstance(payload, str | list | dict) and not payload):
         return SUCCESS
@@ -101,8 +101,8 @@ def parse_batch_response(payload: Any, sequence_numbers: Sequence[str]) -> Respo
         return SUCCESS
     if not isinstance(items, list):
         return _invalid(f"batchItemFailures is a {type(items).__name__}, not a list")
-    position = {seq: i for i, seq in enumerate(sequence_numbers)}
-    lowest = len(sequence_numbers)
+    position = {r.sequence_number: i for i, r in enumerate(records)}  # only on failures
+    lowest = len(records)
     for item in items:
         if not isinstance(item, dict) or "itemIdentifier" not in item:
             return _invalid(f"batch item failure {item!r} has no itemIdentifier")

@@ -208,7 +208,7 @@ class _BatchRun:
             function_error = "Handled" if result.error_type == "Handled" else "Unhandled"
             return self.plan.failed(function_error=function_error)
         if self.processor.report_item_failures:
-            verdict = parse_batch_response(result.payload, [r.sequence_number for r in records])
+            verdict = parse_batch_response(result.payload, records)
             if verdict.kind == "invalid":
                 counters.failed_invoke_events += n
                 self._problem(INVALID_RESPONSE, records, verdict.reason)

@@ -1,22 +1,29 @@
-"""The long-running daemon behind ``kinesis-esm run``: config file in, engine running, clean
-stop on SIGTERM or SIGINT (exit 0)."""
+"""The long-running daemon behind ``kinesis-esm run``: config file in, engine and runtime
+running, the control plane serving; clean stop on SIGTERM or SIGINT (exit 0)."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import anyio
+import anyio.abc
 
-from ._config import DaemonConfig
+from ._config import DaemonConfig, EventSourceMappingConfig, KinesisConfig
 from ._engine import Engine
+from ._errors import SourceError, StreamNotFoundError
+from ._runtime import Runtime
 from ._statistics import EngineStatistics
+from .control import ControlServer
 from .functions import CallableFunction, load_handler
+from .source import KinesisSource
 from .state import SQLiteCheckpointStore
+from .state._mappings import MappingStore
 
-__all__ = ["build_functions", "format_progress", "run_daemon"]
+__all__ = ["KinesisStreamCheck", "build_functions", "format_progress", "run_daemon"]
 
 log = logging.getLogger("kinesis_esm.daemon")
 
@@ -58,57 +65,129 @@ def format_progress(stats: EngineStatistics, previous: dict[str, int], elapsed: 
     return "\n".join(lines)
 
 
+class KinesisStreamCheck:
+    """Whether a mapping's stream exists, for CreateEventSourceMapping's "Stream not found".
+    Answers None (unknown) when Kinesis does not answer in time or fails otherwise."""
+
+    def __init__(self, kinesis: KinesisConfig, timeout: float = 5.0) -> None:
+        self.kinesis = kinesis
+        self.timeout = timeout
+        self._sources: dict[str, KinesisSource] = {}
+
+    async def __call__(self, mapping: EventSourceMappingConfig) -> bool | None:
+        region = self.kinesis.region or mapping.region
+        source = self._sources.get(region)
+        if source is None:
+            source = KinesisSource(
+                endpoint_url=self.kinesis.endpoint_url,
+                region=region,
+                call_timeout=self.timeout,
+                fast_parse=False,
+            )
+            self._sources[region] = source
+        with anyio.move_on_after(self.timeout + 1):
+            try:
+                await source.list_shards(mapping.stream_arn)
+                return True
+            except StreamNotFoundError:
+                return False
+            except SourceError as exc:
+                log.warning("cannot check stream %s: %s", mapping.stream_arn, exc)
+        return None
+
+    async def aclose(self) -> None:
+        for source in self._sources.values():
+            await source.aclose()
+        self._sources.clear()
+
+
 async def run_daemon(
     config: DaemonConfig,
     *,
     log_interval: float = 60.0,
     stop_after: float | None = None,
     on_progress: Callable[[str], None] | None = None,
+    handlers: Mapping[str, Callable[..., Any]] | None = None,
+    shutdown: anyio.Event | None = None,
+    handle_signals: bool = True,
+    task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> int:
-    functions = build_functions(config)
+    """Run until SIGTERM / SIGINT (``handle_signals``), ``shutdown`` is set, or ``stop_after``
+    seconds; then stop cleanly. ``task_status.started`` gets the control plane's URL.
+
+    ``handlers`` replace importing the declared functions' handlers (embedding, tests).
+    """
     store = SQLiteCheckpointStore(config.state.path)
+    stream_check = KinesisStreamCheck(config.kinesis)
     report = on_progress or log.info
     try:
         async with Engine(kinesis=config.kinesis, checkpoint_store=store) as engine:
-            for mapping in config.event_source_mappings:
-                declared = config.function(mapping.function_name)
-                assert declared is not None
-                uuid = await engine.add_mapping(
-                    mapping, functions[declared.name], invoke_identity_arn=declared.role
-                )
-                log.info(
-                    "mapping %s: %s -> %s (%s)",
-                    uuid,
-                    mapping.event_source_arn,
-                    declared.name,
-                    "enabled" if mapping.enabled else "disabled",
-                )
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async with anyio.create_task_group() as tg:
-
-                    async def wait_for_signal() -> None:
-                        async for signum in signals:
-                            log.info("%s: stopping", signal.Signals(signum).name)
-                            break
-                        tg.cancel_scope.cancel()
-
-                    async def progress() -> None:
-                        previous: dict[str, int] = {}
-                        last = time.monotonic()
-                        while True:
-                            await anyio.sleep(log_interval)
-                            now = time.monotonic()
-                            report(format_progress(engine.statistics(), previous, now - last))
-                            last = now
-
-                    tg.start_soon(wait_for_signal)
-                    if log_interval > 0:
-                        tg.start_soon(progress)
-                    if stop_after is not None:
-                        await anyio.sleep(stop_after)
-                        tg.cancel_scope.cancel()
+            runtime = Runtime(
+                engine,
+                config,
+                store=MappingStore(store.connection),
+                handlers=handlers,
+                stream_check=stream_check,
+            )
+            async with runtime:
+                await runtime.reconcile()
+                for view in runtime.mappings():
+                    log.info(
+                        "mapping %s: %s -> %s (%s)",
+                        view.uuid,
+                        view.config.event_source_arn,
+                        view.config.function_name,
+                        "enabled" if view.config.enabled else "disabled",
+                    )
+                async with ControlServer(runtime, config.control) as server:
+                    log.info("control plane listening on %s", server.url)
+                    task_status.started(server.url)
+                    await _serve(engine, shutdown, handle_signals, log_interval, stop_after, report)
             log.info("stopping: finishing in-flight invocations, writing final checkpoints")
         log.info("stopped cleanly")
     finally:
+        with anyio.CancelScope(shield=True):
+            await stream_check.aclose()
         await store.aclose()
     return 0
+
+
+async def _serve(
+    engine: Engine,
+    shutdown: anyio.Event | None,
+    handle_signals: bool,
+    log_interval: float,
+    stop_after: float | None,
+    report: Callable[[str], None],
+) -> None:
+    async with anyio.create_task_group() as tg:
+
+        async def wait_for_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("%s: stopping", signal.Signals(signum).name)
+                    break
+            tg.cancel_scope.cancel()
+
+        async def wait_for_shutdown(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        async def progress() -> None:
+            previous: dict[str, int] = {}
+            last = time.monotonic()
+            while True:
+                await anyio.sleep(log_interval)
+                now = time.monotonic()
+                report(format_progress(engine.statistics(), previous, now - last))
+                last = now
+
+        if handle_signals:
+            tg.start_soon(wait_for_signal)
+        if shutdown is not None:
+            tg.start_soon(wait_for_shutdown, shutdown)
+        if log_interval > 0:
+            tg.start_soon(progress)
+        if stop_after is not None:
+            await anyio.sleep(stop_after)
+            tg.cancel_scope.cancel()

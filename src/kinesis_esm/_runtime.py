@@ -1,0 +1,421 @@
+"""The mapping lifecycle over the Engine: Lambda's states, live changes, persistence, reconcile.
+
+States (reference 1.4): create answers ``Creating`` (``Disabled`` with Enabled=false), an update
+``Updating`` / ``Enabling`` / ``Disabling``, a delete ``Deleting``; each settles to ``Enabled``
+(once the mapping has listed its shards) or ``Disabled``. While the runtime is still applying a
+change to a mapping, another update or delete of it gets Lambda's ResourceInUseException.
+
+A live update stops the mapping's runner (in-flight invocations finish, final checkpoints are
+written) and starts a new one with the new settings and the same UUID, so it resumes after its
+checkpoints. Disable keeps the checkpoints; delete removes them.
+
+Persistence and reconcile: every mapping has a row in the MappingStore. At start, mappings
+declared in the config file are applied; an API change to one of them is kept across restarts
+as long as the file's declaration of it is unchanged (when it changes, the file wins). A
+config-file mapping deleted through the API stays deleted until its declaration changes; one
+removed from the file is dropped (its checkpoints are kept: re-adding it resumes). Mappings
+created through the API are restored from their rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid as _uuid
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ._config import (
+    INVALID_PARAMETER_VALUE,
+    ConfigError,
+    DaemonConfig,
+    EventSourceMappingConfig,
+    FunctionConfig,
+    stable_uuid,
+    unsupported_features,
+)
+from ._engine import SUPPORTED_FEATURES, Engine
+from ._runtime_model import (
+    DELETE_IN_USE_MESSAGE,
+    NOT_FOUND_MESSAGE,
+    RESOURCE_CONFLICT,
+    RESOURCE_IN_USE,
+    RESOURCE_NOT_FOUND,
+    SERVICE,
+    UPDATING_MESSAGE,
+    USER_ACTION,
+    MappingError,
+    MappingRecord,
+    MappingStatus,
+    MappingView,
+    MeteredFunction,
+    function_arn,
+)
+from ._statistics import MappingStatistics
+from .functions import CallableFunction, load_handler
+from .state._mappings import MappingStore, StoredMapping, config_from_dict, config_to_dict
+
+__all__ = ["MappingError", "MappingStatus", "MappingView", "Runtime"]
+
+log = logging.getLogger("kinesis_esm.runtime")
+
+StreamCheck = Callable[[EventSourceMappingConfig], Awaitable[bool | None]]
+
+
+def _config_error(err: ConfigError) -> MappingError:
+    return MappingError(
+        err.code, err.message if err.hint is None else f"{err.message} ({err.hint})"
+    )
+
+
+class Runtime:
+    """Owns the mappings of one Engine. ``async with Runtime(engine, config) as rt: ...``
+
+    ``handlers`` replace importing the declared functions' handlers (embedding, tests); a
+    function must still be declared in ``config``. ``stream_check`` answers False for a stream
+    that does not exist (create then fails like Lambda's), None when it cannot tell.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: DaemonConfig,
+        *,
+        store: MappingStore | None = None,
+        handlers: Mapping[str, Callable[..., Any]] | None = None,
+        stream_check: StreamCheck | None = None,
+        settle_interval: float = 0.2,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.store = store or MappingStore.memory()
+        self._handlers: dict[str, Callable[..., Any]] = dict(handlers or {})
+        self._stream_check = stream_check
+        self._settle_interval = settle_interval
+        self._clock = clock
+        self._mappings: dict[str, MappingRecord] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._closing = False
+        self._settle_scope = anyio.CancelScope()
+        self.reconciled = False
+
+    async def __aenter__(self) -> Runtime:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._settle_loop)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        """Refuses new operations, lets the ones applying finish, and stops."""
+        self._closing = True
+        self._settle_scope.cancel()
+        tg, self._tg = self._tg, None
+        assert tg is not None
+        try:
+            return await tg.__aexit__(*exc_info)
+        finally:
+            # A disabled mapping's runner never ran, so it never reports "stopped": the
+            # engine's graceful stop would wait out its grace period for it.
+            with anyio.CancelScope(shield=True):
+                for m in self._mappings.values():
+                    if not m.config.enabled and self._stats(m) is not None:
+                        await self.engine.remove_mapping(m.uuid)
+
+    # queries
+
+    def get(self, uuid: str) -> MappingView:
+        return self._view(self._find(uuid))
+
+    def mappings(
+        self, *, event_source_arn: str | None = None, function_name: str | None = None
+    ) -> list[MappingView]:
+        """Oldest first; ``function_name`` may be a name or ARN of a declared function."""
+        wanted = None if function_name is None else self._declared(function_name, None).name
+        return [
+            self._view(m)
+            for m in sorted(self._mappings.values(), key=lambda m: (m.created_at, m.uuid))
+            if (event_source_arn is None or m.config.event_source_arn == event_source_arn)
+            and (wanted is None or (m.function is not None and m.function.name == wanted))
+        ]
+
+    def statuses(self) -> list[MappingStatus]:
+        result = []
+        for view in self.mappings():
+            m = self._mappings[view.uuid]
+            result.append(m.status(view, self._stats(m)))
+        return result
+
+    # operations
+
+    async def create(
+        self, fields: Mapping[str, Any], extras: Mapping[str, Any] | None = None
+    ) -> MappingView:
+        """Lambda's CreateEventSourceMapping: ``fields`` are EventSourceMappingConfig fields."""
+        self._check_open()
+        uuid = str(_uuid.uuid4())
+        try:
+            config = EventSourceMappingConfig(**{**fields, "uuid": uuid})
+        except ConfigError as err:
+            raise _config_error(err) from None
+        fn = self._declared(config.function_name, config)
+        arn = function_arn(config, fn)
+        self._check_conflict(config, arn, None)
+        self._check_supported(config)
+        self._handler(fn)
+        if self._stream_check is not None and await self._stream_check(config) is False:
+            message = f"Stream not found: {config.event_source_arn}"
+            raise MappingError(INVALID_PARAMETER_VALUE, message)
+        self._check_conflict(config, arn, None)  # again: the stream check awaited
+        now = self._clock()
+        m = MappingRecord(uuid, "api", config, None, fn, arn, dict(extras or {}), now, now)
+        m.pending = "Creating" if config.enabled else "Disabled"
+        self._mappings[uuid] = m
+        self.store.put(m.row())
+        self._spawn(m, self._start(m))
+        return self._view(m)
+
+    async def update(
+        self, uuid: str, changes: Mapping[str, Any], extras: Mapping[str, Any] | None = None
+    ) -> MappingView:
+        """Lambda's UpdateEventSourceMapping: fields not in ``changes`` keep their values."""
+        self._check_open()
+        m = self._find(uuid)
+        if m.busy:
+            raise MappingError(RESOURCE_IN_USE, UPDATING_MESSAGE)
+        try:
+            config = m.config.replace(**changes)
+        except ConfigError as err:
+            raise _config_error(err) from None
+        fn = self._declared(config.function_name, config)
+        arn = function_arn(config, fn)
+        self._check_conflict(config, arn, uuid)
+        self._check_supported(config)
+        self._handler(fn)
+        was, now = m.config.enabled, config.enabled
+        m.pending = "Disabling" if was > now else "Enabling" if now > was else "Updating"
+        m.config, m.function, m.function_arn, m.problem = config, fn, arn, None
+        m.extras.update(extras or {})
+        m.last_modified = self._clock()
+        self.store.put(m.row())
+        self._spawn(m, self._restart(m))
+        return self._view(m)
+
+    async def delete(self, uuid: str) -> MappingView:
+        """Lambda's DeleteEventSourceMapping: stops the mapping and removes its checkpoints."""
+        self._check_open()
+        m = self._find(uuid)
+        if m.busy:
+            raise MappingError(RESOURCE_IN_USE, DELETE_IN_USE_MESSAGE)
+        m.pending = "Deleting"
+        m.last_modified = self._clock()
+        self._spawn(m, self._delete(m))
+        return self._view(m)
+
+    async def reconcile(self) -> None:
+        """Start the config file's mappings and the stored ones (see the module docstring)."""
+        rows = {row.uuid: row for row in self.store.load()}
+        now = self._clock()
+        for declared_config in self.config.event_source_mappings:
+            uuid = declared_config.uuid or stable_uuid(
+                declared_config.function_name, declared_config.event_source_arn
+            )
+            declared_config = declared_config.replace(uuid=uuid)
+            declared = config_to_dict(declared_config)
+            row = rows.pop(uuid, None)
+            if row is not None and row.origin == "config" and row.declared == declared:
+                if row.deleted:
+                    log.info("mapping %s was deleted through the API: not started", uuid)
+                    continue
+                await self._register(self._row_config(row) or declared_config, row, declared)
+                continue
+            if row is not None:
+                log.info("mapping %s: its declaration in the config file changed; it wins", uuid)
+            created = now if row is None else row.created_at
+            fresh = StoredMapping(uuid, "config", declared, declared, {}, created, now)
+            await self._register(declared_config, fresh, declared)
+        for row in rows.values():
+            if row.origin == "config":
+                log.info("mapping %s is no longer in the config file: removed", row.uuid)
+                self.store.delete(row.uuid)
+            elif not row.deleted and (config := self._row_config(row)) is not None:
+                await self._register(config, row, None)
+        self.reconciled = True
+
+    # internals
+
+    def _check_open(self) -> None:
+        if self._closing or self._tg is None:
+            raise MappingError(SERVICE, "kinesis-esm is shutting down")
+
+    def _find(self, uuid: str) -> MappingRecord:
+        m = self._mappings.get(uuid)
+        if m is None:
+            raise MappingError(RESOURCE_NOT_FOUND, NOT_FOUND_MESSAGE)
+        return m
+
+    def _declared(self, name: str, config: EventSourceMappingConfig | None) -> FunctionConfig:
+        fn = self.config.function(name)
+        if fn is None:
+            shown = name if config is None else function_arn(config, None)
+            declared = ", ".join(sorted(f.name for f in self.config.functions)) or "none"
+            message = (
+                f"Function not found: {shown} (kinesis-esm runs only functions declared in its "
+                f"config file; declared: {declared})"
+            )
+            raise MappingError(RESOURCE_NOT_FOUND, message)
+        return fn
+
+    def _check_conflict(self, config: EventSourceMappingConfig, arn: str, uuid: str | None) -> None:
+        for other in self._mappings.values():
+            same = (other.function_arn, other.config.event_source_arn) == (
+                arn,
+                config.event_source_arn,
+            )
+            if same and other.uuid != uuid and other.pending != "Deleting":
+                message = (
+                    f'The event source arn (" {config.event_source_arn} ") and function (" '
+                    f'{config.function_name} ") provided mapping already exists. Please update or '
+                    f"delete the existing mapping with UUID {other.uuid}"
+                )
+                raise MappingError(RESOURCE_CONFLICT, message)
+
+    @staticmethod
+    def _check_supported(config: EventSourceMappingConfig) -> None:
+        try:
+            unsupported_features(config, SUPPORTED_FEATURES)
+        except ConfigError as err:
+            raise MappingError(INVALID_PARAMETER_VALUE, err.message) from None
+
+    def _handler(self, fn: FunctionConfig) -> Callable[..., Any]:
+        handler = self._handlers.get(fn.name)
+        if handler is None:
+            try:
+                handler = load_handler(fn.handler, function_name=fn.name)
+            except ImportError as exc:
+                raise MappingError(INVALID_PARAMETER_VALUE, str(exc)) from None
+            self._handlers[fn.name] = handler
+        return handler
+
+    def _row_config(self, row: StoredMapping) -> EventSourceMappingConfig | None:
+        try:
+            return config_from_dict(row.config)
+        except (ConfigError, TypeError, KeyError) as exc:
+            log.error("mapping %s: its stored configuration is invalid (%s)", row.uuid, exc)
+            return None
+
+    async def _register(
+        self, config: EventSourceMappingConfig, row: StoredMapping, declared: dict[str, Any] | None
+    ) -> None:
+        """Add a mapping at start; a stored API mapping that cannot run is kept, with a problem."""
+        fn = self.config.function(config.function_name)
+        arn = function_arn(config, fn)
+        m = MappingRecord(
+            row.uuid, row.origin, config, declared, fn, arn, dict(row.extras),
+            row.created_at, row.last_modified,
+        )  # fmt: skip
+        try:
+            fn = self._declared(config.function_name, config)
+            self._check_conflict(config, arn, m.uuid)
+            self._check_supported(config)
+            self._handler(fn)
+        except MappingError as err:
+            if m.origin == "config":
+                raise
+            m.problem = f"PROBLEM: {err.message}"
+            log.error("mapping %s not started: %s", m.uuid, err.message)
+        self._mappings[m.uuid] = m
+        self.store.put(m.row())
+        if m.problem is None:
+            await self._start(m)
+
+    def _spawn(self, m: MappingRecord, operation: Coroutine[Any, Any, None]) -> None:
+        assert self._tg is not None
+        m.busy = True
+
+        async def run() -> None:
+            try:
+                await operation
+            except Exception:
+                log.exception("mapping %s: applying %s failed", m.uuid, m.pending)
+                m.problem = "PROBLEM: internal error applying the change (see the daemon's log)"
+            finally:
+                m.busy = False
+
+        self._tg.start_soon(run)
+
+    async def _start(self, m: MappingRecord) -> None:
+        fn = m.function
+        assert fn is not None
+        inner = CallableFunction(
+            self._handler(fn),
+            name=fn.name,
+            timeout=fn.timeout,
+            memory_size=fn.memory_size,
+            arn=m.function_arn,
+        )
+        function = MeteredFunction(inner, m.invocations)
+        await self.engine.add_mapping(m.config, function, invoke_identity_arn=fn.role)
+
+    async def _stop(self, m: MappingRecord, *, delete_state: bool) -> None:
+        stats = self._stats(m)
+        if stats is not None:
+            m.carry(stats)
+            await self.engine.remove_mapping(m.uuid, delete_state=delete_state)
+        elif delete_state:  # never started (a problem): its checkpoints may still be stored
+            await self.engine.store.delete_mapping(m.uuid)
+
+    async def _restart(self, m: MappingRecord) -> None:
+        await self._stop(m, delete_state=False)
+        await self._start(m)
+
+    async def _delete(self, m: MappingRecord) -> None:
+        await self._stop(m, delete_state=True)
+        del self._mappings[m.uuid]
+        if m.origin == "config":  # a tombstone: stays deleted until the declaration changes
+            self.store.put(m.row(deleted=True))
+        else:
+            self.store.delete(m.uuid)
+
+    def _stats(self, m: MappingRecord) -> MappingStatistics | None:
+        try:
+            return self.engine.mapping_statistics(m.uuid)
+        except KeyError:
+            return None
+
+    def _settled(self, m: MappingRecord) -> Callable[[], None]:
+        def settled() -> None:
+            m.last_modified = self._clock()
+            self.store.put(m.row())
+
+        return settled
+
+    def _view(self, m: MappingRecord) -> MappingView:
+        stats = self._stats(m)
+        return MappingView(
+            uuid=m.uuid,
+            config=m.config,
+            state=m.state(stats, self._settled(m)),
+            state_transition_reason=USER_ACTION,
+            last_modified=m.last_modified,
+            function_arn=m.function_arn,
+            event_source_mapping_arn=re.sub(
+                r":function:.*$", f":event-source-mapping:{m.uuid}", m.function_arn
+            ),
+            last_processing_result=m.last_result(stats),
+            extras=dict(m.extras),
+            created_at=m.created_at,
+        )
+
+    async def _settle_loop(self) -> None:
+        """Moves settled mappings out of their transitional states (and stamps LastModified)."""
+        with self._settle_scope:
+            while True:
+                await anyio.sleep(self._settle_interval)
+                for m in list(self._mappings.values()):
+                    if m.pending is not None and m.pending != "Deleting" and not m.busy:
+                        m.state(self._stats(m), self._settled(m))

@@ -1,0 +1,147 @@
+"""/metrics: the runtime's figures in Prometheus's format, read at scrape time.
+
+Nothing is counted on the hot path for this: the collector reads the mappings' counters and
+shard statistics when Prometheus scrapes. Counters are totals over a mapping's live updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from .._runtime_model import DURATION_BUCKETS, MappingStatus
+
+__all__ = ["COUNTERS", "RuntimeCollector", "registry_for"]
+
+PREFIX = "kinesis_esm"
+# MappingCounters field -> (metric name without _total, help). Unknown fields are exported too.
+COUNTERS = {
+    "polled_events": ("polled_events", "Records read from the stream (Lambda's PolledEventCount)"),
+    "filtered_out_events": (
+        "filtered_out_events",
+        "Records dropped by the filter criteria (FilteredOutEventCount)",
+    ),
+    "invoked_events": (
+        "invoked_events",
+        "Records sent to the function, again on each retry (InvokedEventCount)",
+    ),
+    "failed_invoke_events": (
+        "failed_invoke_events",
+        "Records in invocations that failed (FailedInvokeEventCount)",
+    ),
+    "dropped_events": (
+        "dropped_events",
+        "Records discarded for record age or retry limits (DroppedEventCount)",
+    ),
+    "on_failure_delivered_events": (
+        "on_failure_destination_delivered_events",
+        "Records reported to the on-failure destination (OnFailureDestinationDeliveredEventCount)",
+    ),
+    "destination_delivery_failures": (
+        "destination_delivery_failures",
+        "Failed deliveries to the on-failure destination (DestinationDeliveryFailures)",
+    ),
+    "invocations": ("invocations", "Function invocations (Invocations)"),
+    "errors": ("errors", "Invocations that ended in a function error (Errors)"),
+    "succeeded_events": ("succeeded_events", "Records whose invocation succeeded"),
+    "throttles": ("kinesis_throttles", "Kinesis calls throttled"),
+    "get_records_calls": ("get_records_calls", "GetRecords calls"),
+    "source_errors": ("source_errors", "Failed Kinesis calls"),
+}
+_M = ["uuid", "function_name"]
+_S = [*_M, "shard_id"]
+
+
+class RuntimeCollector(Collector):
+    def __init__(self, statuses: Callable[[], list[MappingStatus]]) -> None:
+        self._statuses = statuses
+
+    def collect(self) -> Iterator[Metric]:
+        statuses = self._statuses()
+        info = GaugeMetricFamily(
+            f"{PREFIX}_mapping_info",
+            "One per mapping: its event source and Lambda state",
+            labels=[*_M, "event_source_arn", "state"],
+        )
+        enabled = GaugeMetricFamily(
+            f"{PREFIX}_mapping_enabled", "1 when the mapping's state is Enabled", labels=_M
+        )
+        age = GaugeMetricFamily(
+            f"{PREFIX}_iterator_age_milliseconds",
+            "Lambda's IteratorAge: age of the last record of the latest batch, per shard",
+            labels=_S,
+        )
+        mapping_age = GaugeMetricFamily(
+            f"{PREFIX}_mapping_iterator_age_milliseconds",
+            "The largest IteratorAge over the mapping's shards",
+            labels=_M,
+        )
+        behind = GaugeMetricFamily(
+            f"{PREFIX}_millis_behind_latest", "MillisBehindLatest of the last GetRecords", labels=_S
+        )
+        buffered = GaugeMetricFamily(
+            f"{PREFIX}_buffered_records", "Records read and not yet handled, per shard", labels=_S
+        )
+        busy = GaugeMetricFamily(
+            f"{PREFIX}_lanes_busy", "Lanes with an invocation in flight, per shard", labels=_S
+        )
+        shard_polled = CounterMetricFamily(
+            f"{PREFIX}_shard_records_polled", "Records read, per shard", labels=_S
+        )
+        shard_invoked = CounterMetricFamily(
+            f"{PREFIX}_shard_records_invoked", "Records sent to the function, per shard", labels=_S
+        )
+        counters: dict[str, CounterMetricFamily] = {}
+        duration = HistogramMetricFamily(
+            f"{PREFIX}_invocation_duration_seconds", "Function invocation duration", labels=_M
+        )
+        for status in statuses:
+            view = status.view
+            labels = [view.uuid, view.config.function_name]
+            info.add_metric([*labels, view.config.event_source_arn, view.state], 1)
+            enabled.add_metric(labels, 1 if view.state == "Enabled" else 0)
+            ages = []
+            for shard in status.shards:
+                shard_labels = [*labels, shard.shard_id]
+                if shard.iterator_age_ms is not None:
+                    age.add_metric(shard_labels, shard.iterator_age_ms)
+                    ages.append(shard.iterator_age_ms)
+                if shard.millis_behind_latest is not None:
+                    behind.add_metric(shard_labels, shard.millis_behind_latest)
+                buffered.add_metric(shard_labels, shard.records_buffered)
+                busy.add_metric(shard_labels, shard.lanes_busy)
+                shard_polled.add_metric(shard_labels, shard.records_polled)
+                shard_invoked.add_metric(shard_labels, shard.records_invoked)
+            if ages:
+                mapping_age.add_metric(labels, max(ages))
+            for field, value in sorted(status.counters.items()):
+                name, help_text = COUNTERS.get(field, (field, f"MappingCounters.{field}"))
+                family = counters.get(name)
+                if family is None:
+                    family = CounterMetricFamily(f"{PREFIX}_{name}", help_text, labels=_M)
+                    counters[name] = family
+                family.add_metric(labels, value)
+            stats = status.invocations
+            cumulative, buckets = 0, []
+            for bound, count in zip((*DURATION_BUCKETS, float("inf")), stats.buckets, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+            duration.add_metric(labels, buckets, stats.duration_sum)
+        yield from (info, enabled, age, mapping_age, behind, buffered, busy)
+        yield from (shard_polled, shard_invoked, *counters.values(), duration)
+
+
+def registry_for(statuses: Callable[[], list[MappingStatus]]) -> CollectorRegistry:
+    """A registry of its own (not the global one): the runtime's figures and the process's."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RuntimeCollector(statuses))
+    ProcessCollector(registry=registry)
+    return registry

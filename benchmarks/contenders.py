@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,7 @@ from .replay import REGION, StreamSpec, shard_id
 
 __all__ = ["CONTENDERS", "Contender"]
 
-Drain = Callable[[str, StreamSpec, float], Awaitable[Sample]]
+Drain = Callable[[str, StreamSpec, float], Coroutine[Any, Any, Sample]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +82,8 @@ async def raw_aiobotocore(url: str, spec: StreamSpec, time_limit: float) -> Samp
 
 
 def _pass_through_processor() -> Any:
-    from kinesis.aggregators import SimpleAggregator
-    from kinesis.processors import Processor
+    from kinesis.aggregators import SimpleAggregator  # type: ignore[import-untyped]
+    from kinesis.processors import Processor  # type: ignore[import-untyped]
 
     class PassThroughProcessor(Processor, SimpleAggregator):  # type: ignore[misc]
         """Yields each record's bytes as they are: no JSON, no UTF-8 decoding."""
@@ -98,7 +98,7 @@ def _pass_through_processor() -> Any:
 
 
 async def async_kinesis(url: str, spec: StreamSpec, time_limit: float) -> Sample:
-    from kinesis import Consumer
+    from kinesis import Consumer  # type: ignore[import-untyped]
 
     consumer = Consumer(
         spec.name,

@@ -55,6 +55,7 @@ class Settings:
     repetitions: int = 3
     records: int | None = None  # total per cell; None: the profile's budget
     time_limit: float = 60.0
+    pin: bool = True
 
     def spec(self, shards: int, size: int) -> StreamSpec:
         total = self.records or BUDGETS[self.profile].get(size, 10_000)
@@ -157,6 +158,7 @@ def build_report(cells: list[Cell], settings: Settings, command: str) -> Report:
         rows.append([*head, f"{spec.total:,}", *rates, *ratios])
         cpu_rows.append([*head, *(f"{cell.median_cpu(k):.2f}" for k in keys)])
     goal_rows = goals(cells)
+    pinning = f"Consumer pinned to CPU {consumer_cpu()}" if settings.pin else "Not pinned"
     met = sum(g["met"] for g in goal_rows)
     report = Report(
         name="throughput",
@@ -167,9 +169,8 @@ def build_report(cells: list[Cell], settings: Settings, command: str) -> Report:
             "held in memory, in its own process on another core. It measures the consumers "
             "alone, not an emulator; real Kinesis adds network latency and its 5 GetRecords/s "
             "per shard limit.",
-            f"Consumer pinned to one core (CPU {consumer_cpu()}); event loop: "
-            f"{event_loop_name()}; {settings.repetitions} repetitions per cell, contenders "
-            "interleaved; ratios are medians of ratios within a repetition.",
+            f"{pinning}; event loop: {event_loop_name()}; {settings.repetitions} repetitions "
+            "per cell, contenders interleaved; ratios are medians of ratios within a repetition.",
             "records/s is records over wall time; 'cpu' ratios compare CPU time per record "
             "(records per CPU-second), which other load on the machine disturbs less.",
             "kinesis-esm runs with PollSettings(min_interval=0.0), BatchSize 10,000 unless "
@@ -277,6 +278,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
     parser.add_argument("--records", type=int, default=None, help="total records per cell")
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--no-pin", action="store_true", help="do not pin to one core")
     args = parser.parse_args(argv)
     profile = args.profile or "default"
     unknown = set(args.contenders or ()) - set(CONTENDERS)
@@ -290,6 +292,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
         repetitions=args.repetitions or REPETITIONS[profile],
         records=args.records,
         time_limit=args.time_limit,
+        pin=not args.no_pin,
     )
     return settings, args.results_dir
 
@@ -302,10 +305,11 @@ def main(argv: list[str] | None = None, command: str = "python -m benchmarks thr
     settings, results_dir = parse_args(argv)
     command = " ".join([command, *(argv or [])])
     prepare_environment()
-    pin_process(0, consumer_cpu())
+    if settings.pin:
+        pin_process(0, consumer_cpu())
     steps = len(settings.shards) * len(settings.sizes) * settings.repetitions
     progress = Progress(steps * len(settings.contenders), "throughput")
-    with ReplayServer(cpu=server_cpu()) as server:
+    with ReplayServer(cpu=server_cpu() if settings.pin else None) as server:
         cells = run_throughput(server.url, settings, progress)
     progress.close()
     report = build_report(cells, settings, command)

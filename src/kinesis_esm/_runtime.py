@@ -67,9 +67,13 @@ StreamCheck = Callable[[EventSourceMappingConfig], Awaitable[bool | None]]
 
 
 def _config_error(err: ConfigError) -> MappingError:
-    return MappingError(
-        err.code, err.message if err.hint is None else f"{err.message} ({err.hint})"
-    )
+    """Lambda's own texts as they are; ours name the parameter (Lambda's spelling) and hint."""
+    message = err.message
+    if message[:1].isupper() or message.startswith("1 validation error"):
+        return MappingError(err.code, message)
+    parameter = re.sub(r"(?:^|_|(?<=\.))([a-z])", lambda m: m.group(1).upper(), err.parameter)
+    hint = f" ({err.hint})" if err.hint else ""
+    return MappingError(err.code, f"{parameter}: {message}{hint}")
 
 
 class Runtime:

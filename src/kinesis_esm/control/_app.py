@@ -230,12 +230,14 @@ class ControlServer:
     def __init__(self, runtime: Runtime, control: ControlConfig) -> None:
         self.control = control
         self.app = create_app(runtime, control)
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=5
+        )
         self.url = ""
 
     async def __aenter__(self) -> ControlServer:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.control.host, self.control.port, shutdown_timeout=5)
+        site = web.TCPSite(self._runner, self.control.host, self.control.port)
         try:
             await site.start()
         except BaseException:

@@ -1,0 +1,124 @@
+"""Helpers for control-plane tests: the daemon in process, real Lambda clients pointed at it.
+
+boto3 is synchronous, so its calls run in a worker thread (``call``): the daemon shares the
+test's event loop and must keep serving while the client waits.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import boto3
+from botocore.config import Config
+
+from kinesis_esm import DaemonConfig, EventSourceMappingConfig, FunctionConfig, KinesisConfig
+from kinesis_esm._config import ControlConfig, StateConfig
+from kinesis_esm._daemon import run_daemon
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's default account
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Recorder:
+    """A handler remembering each invocation as (function name, [(sequence, data)])."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, list[tuple[str, str]]]] = []
+
+    async def __call__(self, event: dict[str, Any], context: Any) -> None:
+        records = [(r["kinesis"]["sequenceNumber"], r["kinesis"]["data"]) for r in event["Records"]]
+        self.batches.append((context.function_name, records))
+
+    def sequences(self) -> list[str]:
+        return [seq for _, batch in self.batches for seq, _ in batch]
+
+
+@dataclass
+class Daemon:
+    url: str
+    config: DaemonConfig
+    recorder: Recorder = field(default_factory=Recorder)
+
+
+@asynccontextmanager
+async def running_daemon(
+    state_dir: Path,
+    kinesis_endpoint: str | None,
+    *,
+    functions: Sequence[str] = ("f",),
+    control: ControlConfig | None = None,
+    mappings: Sequence[EventSourceMappingConfig] = (),
+) -> AsyncIterator[Daemon]:
+    """``kinesis-esm run`` in this process, on a free port of 127.0.0.1, stopped cleanly after."""
+    config = DaemonConfig(
+        kinesis=KinesisConfig(endpoint_url=kinesis_endpoint, region=REGION),
+        state=StateConfig(str(state_dir / "state.db")),
+        functions=tuple(
+            FunctionConfig(name, "tests.support.control:Recorder") for name in functions
+        ),
+        event_source_mappings=tuple(mappings),
+        control=control or ControlConfig(port=0),
+    )
+    recorder = Recorder()
+    shutdown = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        start = functools.partial(
+            run_daemon,
+            config,
+            handlers={name: recorder for name in functions},
+            shutdown=shutdown,
+            handle_signals=False,
+            log_interval=0,
+        )
+        url = await tg.start(start)
+        try:
+            yield Daemon(url, config, recorder)
+        finally:
+            shutdown.set()
+
+
+def lambda_client(url: str, key: str = "testing", secret: str = "testing") -> Any:
+    """boto3's own lambda client for the daemon; no retries, so errors show at once."""
+    return boto3.client(
+        "lambda",
+        endpoint_url=url,
+        region_name=REGION,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=Config(retries={"total_max_attempts": 1}, read_timeout=30),
+    )
+
+
+async def call(method: Callable[..., Any], **params: Any) -> Any:
+    """Run a boto3 call in a worker thread and return its response."""
+    return await anyio.to_thread.run_sync(functools.partial(method, **params))
+
+
+def aws_cli_env(tmp_path: Path, key: str = "testing", secret: str = "testing") -> dict[str, str]:
+    """The environment for the AWS CLI: dummy credentials, no user config, no retries."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID=key,
+        AWS_SECRET_ACCESS_KEY=secret,
+        AWS_DEFAULT_REGION=REGION,
+        AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
+        AWS_MAX_ATTEMPTS="1",
+        AWS_RETRY_MODE="standard",
+        AWS_PAGER="",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    return env
+
+
+def aws_cli() -> str:
+    return str(REPO / ".venv" / "bin" / "aws")

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -482,7 +482,7 @@ class HangingFunction:
     name = "hangs"
     arn = function_arn("hangs")
     timeout = 0.1
-    input = "event"
+    input: Literal["event", "records"] = "event"
 
     async def invoke(self, payload: Any) -> InvokeResult:
         await anyio.sleep_forever()
@@ -529,7 +529,7 @@ class FlakyInvoker:
     name = "flaky"
     arn = function_arn("flaky")
     timeout = 1.0
-    input = "event"
+    input: Literal["event", "records"] = "event"
 
     def __init__(self, failures: int) -> None:
         self.failures = failures

@@ -1,9 +1,11 @@
-"""The ``kinesis-esm`` command: run, demo, validate."""
+"""The ``kinesis-esm`` command: run, demo, validate, status."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -56,7 +58,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--shards", type=int, default=4)
     demo.add_argument("--rate", type=int, default=200, help="records per second to produce")
+    status = sub.add_parser("status", help="live table of a running daemon's mappings and shards")
+    status.add_argument(
+        "--url",
+        help="the daemon's control plane (default: from --config, else http://127.0.0.1:9001)",
+    )
+    status.add_argument(
+        "--config", help="the daemon's config file: its [control] listener and credentials"
+    )
+    status.add_argument(
+        "--token", help="bearer token (default: $KINESIS_ESM_TOKEN, or the config's)"
+    )
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    status.add_argument("--once", action="store_true", help="print the table once and exit")
     return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ._status import StatusSource, run_status
+
+    source = StatusSource()
+    if args.config:
+        source = StatusSource.from_control(load_config(args.config).control)
+    if args.url:
+        source = dataclasses.replace(source, url=args.url)
+    token = args.token or os.environ.get("KINESIS_ESM_TOKEN")
+    if token:
+        source = dataclasses.replace(source, token=token)
+    return run_status(source, interval=args.interval, once=args.once)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,6 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._demo import run_demo
 
         return _run_async(run_demo, seconds=args.seconds, shards=args.shards, rate=args.rate)
+    if args.command == "status":
+        try:
+            return _status(args)
+        except ConfigError as exc:
+            print(f"kinesis-esm: {exc}", file=sys.stderr)
+            return 2
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -1,0 +1,154 @@
+"""``kinesis-esm status``: the table from the daemon's /status, in process and as a command."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+from rich.console import Console
+
+from kinesis_esm import EventSourceMappingConfig, stable_uuid
+from kinesis_esm._config import ControlConfig
+from kinesis_esm._status import StatusSource, render, run_status
+from tests.support.control import call, lambda_client, running_daemon
+from tests.support.kinesis import create_stream, kinesis_client, put_records, wait_for
+
+KINESIS_ESM = str(Path(sys.executable).parent / "kinesis-esm")
+
+
+def text(renderable: Any) -> str:
+    console = Console(record=True, width=220, file=io.StringIO())
+    console.print(renderable)
+    return console.export_text()
+
+
+def snapshot(at: float, done: int, invoked: int, state: str = "Enabled") -> dict[str, Any]:
+    shard = {
+        "shard_id": "shardId-000000000000",
+        "state": "polling",
+        "lanes": 2,
+        "lanes_busy": 1,
+        "records_buffered": 7,
+        "checkpoint": "49650000000000000000000000000000000000000000000123456789",
+        "highest_sequence_read": None,
+        "iterator_age_ms": 1500,
+        "millis_behind_latest": 0,
+        "records_polled": invoked,
+        "records_invoked": invoked,
+    }
+    mapping = {
+        "UUID": "0b8d3c7e-1111-4222-8333-944445555666",
+        "FunctionName": "f",
+        "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:f",
+        "EventSourceArn": "arn:aws:kinesis:us-east-1:123456789012:stream/orders",
+        "State": state,
+        "BatchSize": 100,
+        "ParallelizationFactor": 2,
+        "LastProcessingResult": "PROBLEM: Function call failed",
+        "counters": {"succeeded_events": done, "invocations": 12, "errors": 3},
+        "shards": [shard],
+    }
+    return {"time": at, "mappings": [mapping]}
+
+
+def test_render_shows_mappings_shards_and_rates() -> None:
+    shown = text(render(snapshot(102.0, 120, 60), snapshot(100.0, 100, 40)))
+    for expected in (
+        "0b8d3c7e",
+        "orders",
+        "Enabled",
+        "10.0",  # (120 - 100) records / 2 s
+        "PROBLEM: Function call failed",
+        "shardId-000000000000",
+        "1500 ms",
+        "1/2",
+        "…000123456789",
+    ):
+        assert expected in shown, (expected, shown)
+    first = text(render(snapshot(100.0, 100, 40)))  # no earlier reading: no rates yet
+    assert "10.0" not in first and "-" in first
+
+
+def test_status_source_from_control_config() -> None:
+    control = ControlConfig(host="0.0.0.0", port=9100, auth="bearer", token="t" * 20)
+    source = StatusSource.from_control(control)
+    assert (source.url, source.token) == ("http://127.0.0.1:9100", "t" * 20)
+    assert source.headers(source.url) == {"Authorization": f"Bearer {'t' * 20}"}
+    signed = StatusSource(access_key_id="AKID", secret_access_key="secret")
+    assert signed.headers("http://127.0.0.1:9001/status")["Authorization"].startswith(
+        "AWS4-HMAC-SHA256 Credential=AKID/"
+    )
+
+
+def test_unreachable_daemon_exits_1() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = io.StringIO()
+    code = run_status(
+        StatusSource(f"http://127.0.0.1:{port}"), once=True, console=Console(file=out)
+    )
+    assert code == 1 and "cannot read" in out.getvalue()
+
+
+@pytest.mark.anyio
+async def test_status_of_a_running_daemon(tmp_path: Path, moto: str) -> None:
+    async with kinesis_client(moto) as kinesis:
+        arn = await create_stream(kinesis, "orders", 1)
+        control = ControlConfig(
+            port=0, auth="sigv4", access_key_id="AKIDSTATUS", secret_access_key="status-secret"
+        )
+        async with running_daemon(tmp_path, moto, control=control) as daemon:
+            client = lambda_client(daemon.url, "AKIDSTATUS", "status-secret")
+            created = await call(
+                client.create_event_source_mapping,
+                FunctionName="f",
+                EventSourceArn=arn,
+                StartingPosition="TRIM_HORIZON",
+            )
+            await put_records(kinesis, "orders", [("k", b"one"), ("k", b"two")])
+            await wait_for(lambda: len(daemon.recorder.sequences()) == 2, 30, message="records")
+            source = StatusSource(daemon.url, None, "AKIDSTATUS", "status-secret")
+            out = io.StringIO()
+            console = Console(file=out, width=220)
+            code = await anyio.to_thread.run_sync(
+                lambda: run_status(source, once=True, console=console)
+            )
+            assert code == 0
+            shown = out.getvalue()
+            assert created["UUID"][:8] in shown and "shardId-000000000000" in shown
+            assert "OK" in shown and "Enabled" in shown
+            unsigned = await anyio.run_process(
+                [KINESIS_ESM, "status", "--url", daemon.url, "--once"], check=False
+            )
+            assert unsigned.returncode == 1
+            assert "MissingAuthenticationTokenException" in unsigned.stdout.decode()
+
+
+@pytest.mark.anyio
+async def test_status_command(tmp_path: Path, moto: str) -> None:
+    async with kinesis_client(moto) as kinesis:
+        arn = await create_stream(kinesis, "orders", 2)
+    control = ControlConfig(port=0, auth="bearer", token="status-token-0123456789")
+    declared = EventSourceMappingConfig("f", arn, "TRIM_HORIZON")  # from the config file
+    async with running_daemon(tmp_path, moto, control=control, mappings=[declared]) as daemon:
+        env = os.environ | {"COLUMNS": "200", "KINESIS_ESM_TOKEN": "status-token-0123456789"}
+
+        async def table() -> str | None:
+            result = await anyio.run_process(
+                [KINESIS_ESM, "status", "--url", daemon.url, "--once"], env=env, check=False
+            )
+            assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+            out = result.stdout.decode()
+            return out if "Enabled" in out else None
+
+        shown = await wait_for(table, 30, message="status to show the mapping Enabled")
+        assert stable_uuid("f", arn)[:8] in shown
+        assert "shardId-000000000000" in shown and "shardId-000000000001" in shown

@@ -423,21 +423,12 @@ async def test_destination_down_holds_the_shard_until_it_is_back(
     assert report["KinesisBatchInfo"]["batchSize"] == 3
 
 
-def lambda_drop_mode(engine: Engine, uuid: str, config: EventSourceMappingConfig) -> None:
-    """Choose Lambda's drop-on-delivery-failure behaviour (on_failure_delivery = "drop")."""
-    if "on_failure_delivery" not in EventSourceMappingConfig.__dataclass_fields__:
-        # the config key is not there yet: set the processor's mode before it processes anything
-        engine._mappings[uuid].processor.delivery_mode = "drop"
-
-
 async def test_drop_mode_counts_and_goes_on(
     env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     written = await put_records(env.kinesis, env.stream_name, [("k", b"a"), ("k", b"b")])
     monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", env.endpoint)
-    settings: dict[str, Any] = {"maximum_retry_attempts": 0}
-    if "on_failure_delivery" in EventSourceMappingConfig.__dataclass_fields__:
-        settings["on_failure_delivery"] = "drop"
+    settings: dict[str, Any] = {"maximum_retry_attempts": 0, "on_failure_delivery": "drop"}
     missing_queue = env.queue_arn.replace(":failures", ":no-such-queue")
     config = mapping(env, "dropping", missing_queue, **settings)
 
@@ -447,7 +438,6 @@ async def test_drop_mode_counts_and_goes_on(
     with caplog.at_level(logging.ERROR, logger="kinesis_esm.dropped"):
         async with engine_for(env) as engine:
             uuid = await engine.add_mapping(config, handler)
-            lambda_drop_mode(engine, uuid, config)
             await checkpoint_reaches(engine, uuid, written[-1].sequence_number)
             counters = engine.mapping_statistics(uuid).counters
     assert (counters.destination_delivery_failures, counters.dropped_events) == (1, 2)

@@ -279,6 +279,9 @@ class EventSourceMappingConfig:
     tumbling_window_in_seconds: int = 0
     filter_criteria: FilterCriteria | None = None
     max_buffered_records: int | None = None  # kinesis-esm: per-shard buffer bound
+    # kinesis-esm: when the on-failure destination cannot take a report, "retry" waits and
+    # retries (nothing lost); "drop" is Lambda's behaviour (count and go on)
+    on_failure_delivery: str = "retry"
     uuid: str | None = None  # assigned by the runtime (see stable_uuid)
 
     def __post_init__(self) -> None:
@@ -294,6 +297,11 @@ class EventSourceMappingConfig:
         self._check_response_types()
         self._check_destination()
         self._check_filters()
+        if self.on_failure_delivery not in ("retry", "drop"):
+            raise ConfigError(
+                f"on_failure_delivery must be 'retry' or 'drop', got {self.on_failure_delivery!r}",
+                parameter="on_failure_delivery",
+            )
         if (limit := self.max_buffered_records) is not None:
             _expect("max_buffered_records", limit, (int,), "an integer")
             if limit < self.batch_size:

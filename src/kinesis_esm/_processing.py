@@ -85,12 +85,8 @@ class BatchProcessor:
         self.mapping = mapping
         cfg = mapping.config
         self.report_item_failures = REPORT_BATCH_ITEM_FAILURES in cfg.function_response_types
-        # kinesis-esm's own setting (proposed config key); Lambda's behaviour is "drop"
-        self.delivery_mode: str = getattr(cfg, "on_failure_delivery", "retry")
-        if self.delivery_mode not in DELIVERY_MODES:
-            raise ValueError(
-                f"on_failure_delivery must be one of {DELIVERY_MODES}, got {self.delivery_mode!r}"
-            )
+        # kinesis-esm's own setting; Lambda's behaviour is "drop" (validated by the config)
+        self.delivery_mode = cfg.on_failure_delivery
         target = cfg.destination_config.on_failure.destination
         self.destination: Destination | None = (
             open_destination(target, region=mapping.region) if target else None

@@ -14,7 +14,7 @@ import anyio.abc
 
 from ._config import DaemonConfig, EventSourceMappingConfig, KinesisConfig
 from ._engine import Engine
-from ._errors import SourceError, StreamNotFoundError
+from ._errors import StreamNotFoundError
 from ._runtime import Runtime
 from ._statistics import EngineStatistics
 from .control import ControlServer
@@ -91,7 +91,7 @@ class KinesisStreamCheck:
                 return True
             except StreamNotFoundError:
                 return False
-            except SourceError as exc:
+            except Exception as exc:  # unknown: let the mapping report it while it runs
                 log.warning("cannot check stream %s: %s", mapping.stream_arn, exc)
         return None
 
@@ -120,29 +120,30 @@ async def run_daemon(
     store = SQLiteCheckpointStore(config.state.path)
     stream_check = KinesisStreamCheck(config.kinesis)
     report = on_progress or log.info
+    engine = Engine(kinesis=config.kinesis, checkpoint_store=store)
+    runtime = Runtime(
+        engine,
+        config,
+        store=MappingStore(store.connection),
+        handlers=handlers,
+        stream_check=stream_check,
+    )
     try:
-        async with Engine(kinesis=config.kinesis, checkpoint_store=store) as engine:
-            runtime = Runtime(
-                engine,
-                config,
-                store=MappingStore(store.connection),
-                handlers=handlers,
-                stream_check=stream_check,
-            )
-            async with runtime:
-                await runtime.reconcile()
-                for view in runtime.mappings():
-                    log.info(
-                        "mapping %s: %s -> %s (%s)",
-                        view.uuid,
-                        view.config.event_source_arn,
-                        view.config.function_name,
-                        "enabled" if view.config.enabled else "disabled",
-                    )
-                async with ControlServer(runtime, config.control) as server:
-                    log.info("control plane listening on %s", server.url)
-                    task_status.started(server.url)
-                    await _serve(engine, shutdown, handle_signals, log_interval, stop_after, report)
+        # The port first: a busy one fails before any mapping starts. API calls before the
+        # runtime is up, or while it stops, get a ServiceException.
+        async with ControlServer(runtime, config.control) as server, engine, runtime:
+            await runtime.reconcile()
+            for view in runtime.mappings():
+                log.info(
+                    "mapping %s: %s -> %s (%s)",
+                    view.uuid,
+                    view.config.event_source_arn,
+                    view.config.function_name,
+                    "enabled" if view.config.enabled else "disabled",
+                )
+            log.info("control plane listening on %s", server.url)
+            task_status.started(server.url)
+            await _serve(engine, shutdown, handle_signals, log_interval, stop_after, report)
             log.info("stopping: finishing in-flight invocations, writing final checkpoints")
         log.info("stopped cleanly")
     finally:

@@ -254,7 +254,7 @@ class Runtime:
 
     def _check_open(self) -> None:
         if self._closing or self._tg is None:
-            raise MappingError(SERVICE, "kinesis-esm is shutting down")
+            raise MappingError(SERVICE, "kinesis-esm is starting or stopping: try again")
 
     def _find(self, uuid: str) -> MappingRecord:
         m = self._mappings.get(uuid)

@@ -24,8 +24,18 @@ def _run_async(func: Callable[..., Awaitable[int]], *args: Any, **kwargs: Any) -
     try:
         import uvloop  # noqa: F401
     except ImportError:
-        return anyio.run(entry)
-    return anyio.run(entry, backend_options={"use_uvloop": True})
+        options = {}
+    else:
+        options = {"use_uvloop": True}
+    try:
+        return anyio.run(entry, backend_options=options)
+    except BaseExceptionGroup as group:  # anyio's task groups wrap even a lone exception
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, BaseExceptionGroup):
+            raise
+        raise leaf from None
 
 
 def _setup_logging(level: str) -> None:
@@ -116,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"kinesis-esm: {exc}", file=sys.stderr)
         return 2
-    except ImportError as exc:
+    except (ImportError, OSError) as exc:  # a handler that does not import; a busy port
         print(f"kinesis-esm: {exc}", file=sys.stderr)
         return 2
 

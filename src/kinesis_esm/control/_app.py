@@ -240,6 +240,10 @@ class ControlServer:
         site = web.TCPSite(self._runner, self.control.host, self.control.port)
         try:
             await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            where = f"{self.control.host}:{self.control.port}"
+            raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from exc
         except BaseException:
             await self._runner.cleanup()
             raise

@@ -282,3 +282,31 @@ def test_stored_config_round_trips() -> None:
         uuid="5b4c8a6e-3f0a-4b8e-9a4e-0a4b5c6d7e8f",
     )
     assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+async def test_cloudwatch_emf_documents_count_the_interval() -> None:
+    from kinesis_esm.control._emf import NAMESPACE, emf_records
+
+    stream, recorder = MemoryStream(ARN), Recorder()
+    async with running(config(), stream, recorder) as runtime:
+        view = await runtime.create(fields())
+        await settled(runtime, view.uuid, "Enabled")
+        _, totals = emf_records(runtime.statuses(), {})
+        records = put(stream, 6)
+        await wait_for(lambda: recorder.sequences() == records, 5, message="records")
+        (document,), totals = emf_records(runtime.statuses(), totals, now=1_700_000_000.0)
+        directive = document["_aws"]["CloudWatchMetrics"][0]
+        assert document["_aws"]["Timestamp"] == 1_700_000_000_000
+        assert directive["Namespace"] == NAMESPACE
+        assert directive["Dimensions"] == [["EventSourceMappingUUID", "FunctionName"]]
+        units = {m["Name"]: m["Unit"] for m in directive["Metrics"]}
+        assert units["IteratorAge"] == units["Duration"] == "Milliseconds"
+        assert units["PolledEventCount"] == "Count"
+        assert (document["EventSourceMappingUUID"], document["FunctionName"]) == (view.uuid, "f")
+        assert document["PolledEventCount"] == document["InvokedEventCount"] == 6
+        assert document["Invocations"] >= 1 and document["Errors"] == 0
+        (quiet,), totals = emf_records(runtime.statuses(), totals)
+        assert quiet["PolledEventCount"] == 0 and "IteratorAge" not in quiet
+        await runtime.update(view.uuid, {"enabled": False})
+        await settled(runtime, view.uuid, "Disabled")
+        assert emf_records(runtime.statuses(), totals)[0] == []  # like Lambda: not while disabled

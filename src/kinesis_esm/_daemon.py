@@ -18,6 +18,7 @@ from ._errors import StreamNotFoundError
 from ._runtime import Runtime
 from ._statistics import EngineStatistics
 from .control import ControlServer
+from .control._emf import run_emf
 from .functions import CallableFunction, load_handler
 from .source import KinesisSource
 from .state import SQLiteCheckpointStore
@@ -110,12 +111,14 @@ async def run_daemon(
     handlers: Mapping[str, Callable[..., Any]] | None = None,
     shutdown: anyio.Event | None = None,
     handle_signals: bool = True,
+    emf_interval: float = 0.0,
     task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> int:
     """Run until SIGTERM / SIGINT (``handle_signals``), ``shutdown`` is set, or ``stop_after``
     seconds; then stop cleanly. ``task_status.started`` gets the control plane's URL.
 
     ``handlers`` replace importing the declared functions' handlers (embedding, tests).
+    ``emf_interval`` > 0 writes CloudWatch metrics (Embedded Metric Format) to stdout.
     """
     store = SQLiteCheckpointStore(config.state.path)
     stream_check = KinesisStreamCheck(config.kinesis)
@@ -143,7 +146,16 @@ async def run_daemon(
                 )
             log.info("control plane listening on %s", server.url)
             task_status.started(server.url)
-            await _serve(engine, shutdown, handle_signals, log_interval, stop_after, report)
+            if emf_interval > 0:
+                log.info("CloudWatch metrics (EMF) on stdout every %.0f s", emf_interval)
+            await _serve(
+                engine,
+                runtime,
+                shutdown,
+                handle_signals,
+                (log_interval, emf_interval, stop_after),
+                report,
+            )
             log.info("stopping: finishing in-flight invocations, writing final checkpoints")
         log.info("stopped cleanly")
     finally:
@@ -155,12 +167,13 @@ async def run_daemon(
 
 async def _serve(
     engine: Engine,
+    runtime: Runtime,
     shutdown: anyio.Event | None,
     handle_signals: bool,
-    log_interval: float,
-    stop_after: float | None,
+    intervals: tuple[float, float, float | None],  # progress log, EMF, stop after
     report: Callable[[str], None],
 ) -> None:
+    log_interval, emf_interval, stop_after = intervals
     async with anyio.create_task_group() as tg:
 
         async def wait_for_signal() -> None:
@@ -189,6 +202,8 @@ async def _serve(
             tg.start_soon(wait_for_shutdown, shutdown)
         if log_interval > 0:
             tg.start_soon(progress)
+        if emf_interval > 0:
+            tg.start_soon(run_emf, runtime.statuses, emf_interval)
         if stop_after is not None:
             await anyio.sleep(stop_after)
             tg.cancel_scope.cancel()

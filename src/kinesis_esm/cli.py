@@ -60,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-interval", type=float, default=60.0, help="seconds between progress logs"
     )
+    run.add_argument(
+        "--emf-interval",
+        type=float,
+        default=0.0,
+        help="seconds between CloudWatch metrics in the Embedded Metric Format on stdout "
+        "(default 0: off)",
+    )
     validate = sub.add_parser("validate", help="check a config file and exit")
     validate.add_argument("--config", required=True)
     demo = sub.add_parser("demo", help="run on an embedded emulator with an example handler")
@@ -122,7 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._daemon import run_daemon
 
     try:
-        return _run_async(run_daemon, config, log_interval=args.log_interval)
+        return _run_async(
+            run_daemon, config, log_interval=args.log_interval, emf_interval=args.emf_interval
+        )
     except ConfigError as exc:
         print(f"kinesis-esm: {exc}", file=sys.stderr)
         return 2

@@ -71,6 +71,8 @@ class Incarnation:
     by_key: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     taken_per_key: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     last_delivery_of_key: dict[str, Delivery] = field(default_factory=dict)
+    lane_queue: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+    lane_taken: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     ingested: int = 0
     taken: int = 0
     committed_low: int = -1  # the low-water index as of the last update_low_water()
@@ -143,6 +145,7 @@ class Simulation:
         chunk = self.stream[self.read_position : self.read_position + count]
         for offset, record in enumerate(chunk):
             inc.by_key[record.partition_key].append(inc.ingested + offset)
+            inc.lane_queue[inc.lane_of(record.partition_key)].append(inc.ingested + offset)
         inc.scheduler.ingest(list(chunk))
         inc.ingested += len(chunk)
 
@@ -170,6 +173,9 @@ class Simulation:
         assert batch.lane == lane_number
         assert len(batch) == len(batch.indices) == expected
         assert list(batch.indices) == sorted(batch.indices), "a batch is in shard order"
+        taken = inc.lane_taken[lane_number]
+        assert list(batch.indices) == inc.lane_queue[lane_number][taken : taken + expected]
+        inc.lane_taken[lane_number] += expected
         delivery = Delivery(inc.number, lane_number, [inc.start + i for i in batch.indices])
         for index, record in zip(batch.indices, batch.records, strict=True):
             assert record is self.stream[inc.start + index], "index and record disagree"
@@ -255,7 +261,11 @@ class Simulation:
         assert sched.busy_lanes() == len(inc.in_flight)
         for lane in sched.lanes:
             assert (lane.in_flight is not None) == (lane.number in inc.in_flight)
-            assert len(lane.peek(lane.count + 1)) == lane.count
+            queue = inc.lane_queue[lane.number][inc.lane_taken[lane.number] :]
+            assert lane.count == len(queue)
+            for limit in {1, self.batch_size, lane.count, lane.count + 1}:
+                expected = [self.stream[inc.start + i] for i in queue[:limit]]
+                assert lane.peek(limit) == expected, "peek() is not the lane's front"
         if inc.ingested:
             assert sched.highest_sequence == self.stream[self.read_position - 1].sequence_number
 

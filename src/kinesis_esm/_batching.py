@@ -29,7 +29,7 @@ def batch_count(
     max_bytes: int = MAX_EVENT_BYTES,
 ) -> int:
     """How many records from the front of ``records`` form the next batch."""
-    candidates = records[:batch_size]
+    candidates = records if len(records) <= batch_size else records[:batch_size]
     n = len(candidates)
     if n == 0:
         return 0

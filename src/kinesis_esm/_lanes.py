@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 from ._records import Record
 
@@ -80,8 +81,15 @@ class Lane:
 
     def peek(self, limit: int) -> list[Record]:
         """Up to ``limit`` buffered records from the front, without taking them."""
-        out: list[Record] = []
-        for seg in self._segments:
+        segments = self._segments
+        if not segments:
+            return []
+        head = segments[0]
+        start = head.start
+        if start + limit <= len(head.records) or len(segments) == 1:  # the common case
+            return head.records[start : start + limit]
+        out = head.records[start:]
+        for seg in islice(segments, 1, None):
             out.extend(seg.records[seg.start : seg.start + limit - len(out)])
             if len(out) >= limit:
                 break
@@ -161,6 +169,7 @@ class ShardScheduler:
         self.factor = factor
         self.lanes = [Lane(i) for i in range(factor)]
         self._lane_of = lane_of or default_lane_of(factor)
+        self._hash_routing = lane_of is None  # ingest inlines default_lane_of
         self.next_index = 0  # index the next record read will get
         self.done_index = -1  # low-water mark: every record at or below it is done
         self.done_sequence: str | None = None  # its sequence number
@@ -176,24 +185,41 @@ class ShardScheduler:
         if not records:
             return
         base = self.next_index
-        self.next_index += len(records)
+        count = len(records)
+        self.next_index = base + count
         self._chunks.append((base, records))
         self.highest_sequence = records[-1].sequence_number
-        if self.factor == 1:
-            self.lanes[0].append(records, range(base, base + len(records)))
+        factor = self.factor
+        if factor == 1:
+            self.lanes[0].append(records, range(base, base + count))
             return
-        per_lane: list[tuple[list[Record], list[int]]] = [([], []) for _ in self.lanes]
-        lane_of = self._lane_of
-        for offset, record in enumerate(records):
-            recs, idx = per_lane[lane_of(record.partition_key)]
-            recs.append(record)
-            idx.append(base + offset)
-        for lane, (recs, idx) in zip(self.lanes, per_lane, strict=True):
-            lane.append(recs, idx)
+        # The one per-record loop of the scheduler: bound appends, and default_lane_of inlined
+        # (a call per record costs as much as the rest of the loop body).
+        lane_records: list[list[Record]] = [[] for _ in range(factor)]
+        lane_indices: list[list[int]] = [[] for _ in range(factor)]
+        add_record = [lst.append for lst in lane_records]
+        add_index = [lst.append for lst in lane_indices]
+        if self._hash_routing:
+            for index, record in enumerate(records, base):
+                lane = hash(record.partition_key) % factor
+                add_record[lane](record)
+                add_index[lane](index)
+        else:
+            lane_of = self._lane_of
+            for index, record in enumerate(records, base):
+                lane = lane_of(record.partition_key)
+                add_record[lane](record)
+                add_index[lane](index)
+        for lane_obj, recs, indices in zip(self.lanes, lane_records, lane_indices, strict=True):
+            lane_obj.append(recs, indices)
 
     def low_water_index(self) -> int:
-        lows = [low for lane in self.lanes if (low := lane.lowest_unfinished()) is not None]
-        return (min(lows) if lows else self.next_index) - 1
+        low = self.next_index
+        for lane in self.lanes:
+            lane_low = lane.lowest_unfinished()
+            if lane_low is not None and lane_low < low:
+                low = lane_low
+        return low - 1
 
     def update_low_water(self) -> str | None:
         """Move the low-water mark; return the new checkpoint sequence if it moved."""

@@ -395,3 +395,42 @@ async def test_deleted_stream_is_a_visible_problem_not_a_crash_loop(
             assert stats(engine).last_processing_result.startswith("PROBLEM")
     assert "not found" in result.lower() or "ResourceNotFound" in result, result
     assert any(r.levelno >= logging.ERROR for r in caplog.records)
+
+
+async def test_missing_permission_is_a_visible_problem_and_recovers(
+    kinesis_mock: KinesisMock, stream_name: str
+) -> None:
+    denied = False
+
+    def deny(operation: str, shard_id: str | None, number: int) -> Fault | None:
+        return Fault("AccessDeniedException", 400, "not authorized") if denied else None
+
+    deliveries = Deliveries()
+    async with (
+        kinesis_client(kinesis_mock.endpoint_url) as client,
+        KinesisFaultInjector(kinesis_mock.endpoint_url, rule=deny) as injector,
+    ):
+        arn = await create_stream(client, stream_name, 2)
+        writer = Writer(client, stream_name)
+        await writer.put(30)
+        async with consumer(injector.endpoint_url, arn, deliveries) as engine:
+            await all_delivered(deliveries, writer)
+            denied = True  # e.g. the role lost kinesis:GetRecords
+            await wait_for(
+                lambda: (
+                    stats(engine).last_processing_result.startswith("PROBLEM: ")
+                    and "AccessDeniedException" in stats(engine).last_processing_result
+                ),
+                10,
+                message="the problem state",
+            )
+            await writer.put(30)
+            assert stats(engine).state == "Enabled"
+            denied = False  # the permission is back
+            await all_delivered(deliveries, writer)
+            await wait_for(
+                lambda: not stats(engine).last_processing_result.startswith("PROBLEM"),
+                10,
+                message="the problem to clear",
+            )
+    assert injector.injected()

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -92,20 +93,30 @@ def _short(sequence: str | None) -> str:
     return sequence if len(sequence) <= 14 else f"…{sequence[-12:]}"
 
 
+def _table(title: str, columns: str) -> Table:
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    *fixed, last = columns.split()
+    for column in fixed:
+        table.add_column(column, no_wrap=True)
+    table.add_column(last.replace("-", " "), overflow="fold", min_width=14)  # may wrap
+    return table
+
+
 def render(snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None = None) -> Group:
     """Two tables: mappings, then shards. ``previous``: the reading before, for rates."""
     elapsed = snapshot["time"] - previous["time"] if previous else 0.0
     before = {m["UUID"]: m for m in (previous or {}).get("mappings", [])}
-    mappings = Table(title="Event source mappings", title_justify="left", expand=False)
-    for column in ("UUID", "Function", "Stream", "State", "Batch", "PF", "rec/s", "Invocations"):
-        mappings.add_column(column, no_wrap=True)
-    for column in ("Errors", "Iterator age", "Last processing result"):
-        mappings.add_column(column)
-    shards = Table(title="Shards", title_justify="left", expand=False)
-    for column in ("Mapping", "Shard", "State", "rec/s", "Buffered", "Lanes busy"):
-        shards.add_column(column, no_wrap=True)
-    for column in ("Iterator age", "Behind latest", "Checkpoint"):
-        shards.add_column(column, no_wrap=True)
+    mappings = _table(
+        "Event source mappings",
+        "UUID Function Stream State Batch PF rec/s Invocations Errors Age Last-result",
+    )
+    shards = _table("Shards", "Mapping Shard State rec/s Buffered Busy Age Behind Checkpoint")
     for m in snapshot.get("mappings", []):
         old = before.get(m["UUID"])
         counters = m.get("counters", {})

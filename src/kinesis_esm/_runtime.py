@@ -328,8 +328,9 @@ class Runtime:
             self._check_supported(config)
             self._handler(fn)
         except MappingError as err:
-            if m.origin == "config":
-                raise
+            if m.origin == "config":  # the daemon does not start, as with any config error
+                where = f"event_source_mappings (uuid {m.uuid})"
+                raise ConfigError(err.message, parameter=where, code=err.code) from None
             m.problem = f"PROBLEM: {err.message}"
             log.error("mapping %s not started: %s", m.uuid, err.message)
         self._mappings[m.uuid] = m

@@ -176,8 +176,13 @@ async def exit_code(process: subprocess.Popen[bytes], timeout: float) -> int:  #
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 async def test_sigterm_finishes_in_flight_batches_writes_checkpoints_and_exits_0(
-    moto: str, client: KinesisClient, stream_name: str, daemon: DaemonRuns
+    moto: str,
+    client: KinesisClient,
+    stream_name: str,
+    daemon: DaemonRuns,
+    stop_signal: signal.Signals,
 ) -> None:
     arn = await create_stream(client, stream_name, 2)
     daemon.config.write_text(config_text(moto, daemon.state, arn))
@@ -194,8 +199,10 @@ async def test_sigterm_finishes_in_flight_batches_writes_checkpoints_and_exits_0
     # Mid-stream: more records arrive while batches are in flight and others are buffered.
     second = await put_records(client, stream_name, [(f"b-{i}", b"b") for i in range(10)])
 
-    run.send_signal(signal.SIGTERM)
-    await wait_for(lambda: "SIGTERM" in daemon.output(), 10, message="the daemon to take SIGTERM")
+    run.send_signal(stop_signal)
+    await wait_for(
+        lambda: f"{stop_signal.name}: stopping" in daemon.output(), 10, message="the signal taken"
+    )
     assert run.poll() is None, "exited without waiting for its in-flight invocations"
     daemon.block_flag.unlink()  # the in-flight invocations can finish now
     assert await exit_code(run, 20) == 0, daemon.output()
@@ -209,7 +216,7 @@ async def test_sigterm_finishes_in_flight_batches_writes_checkpoints_and_exits_0
     rerun = daemon.start()
     everything = set(ids(first + second))
     await wait_for(lambda: everything <= done(daemon.log()), 20, message="the rest")
-    rerun.send_signal(signal.SIGTERM)
+    rerun.send_signal(stop_signal)
     assert await exit_code(rerun, 20) == 0, daemon.output()
     log = daemon.log()
     again = [i for e in log if e.pid == rerun.pid and e.phase == "start" for i in e.ids]

@@ -124,6 +124,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kinesis-esm: {exc}", file=sys.stderr)
         return 2
     if args.command == "validate":
+        from ._config import unsupported_features
+        from ._engine import SUPPORTED_FEATURES
+
+        try:  # what run would refuse, validate refuses too
+            for i, mapping in enumerate(config.event_source_mappings):
+                try:
+                    unsupported_features(mapping, SUPPORTED_FEATURES)
+                except ConfigError as err:
+                    raise err.under(f"event_source_mappings[{i}]", source=args.config) from None
+        except ConfigError as exc:
+            print(f"kinesis-esm: {exc}", file=sys.stderr)
+            return 2
         print(f"{args.config}: OK ({len(config.event_source_mappings)} mappings)")
         return 0
     from ._daemon import run_daemon

@@ -86,12 +86,13 @@ def sequence_index(sequence: str) -> int:
 class _Shard:
     """One shard's records as JSON fragments, with the raw data size before each."""
 
-    __slots__ = ("fragments", "offsets")
+    __slots__ = ("fragments", "offsets", "pages")
 
     def __init__(self, spec: StreamSpec, number: int) -> None:
         rng = random.Random(f"{spec.name}/{number}")
         self.fragments: list[bytes] = []
         self.offsets = [0]
+        self.pages: dict[tuple[int, int], bytes] = {}  # (start, end) -> the records' JSON array
         for i in range(spec.records_per_shard):
             data = rng.randbytes(spec.record_bytes)
             fragment = orjson.dumps(
@@ -104,6 +105,14 @@ class _Shard:
             )
             self.fragments.append(fragment)
             self.offsets.append(self.offsets[-1] + len(data))
+
+    def page(self, start: int, end: int) -> bytes:
+        """The records of a page as a JSON array, joined once and kept."""
+        page = self.pages.get((start, end))
+        if page is None:
+            page = b"[" + b",".join(self.fragments[start:end]) + b"]"
+            self.pages[(start, end)] = page
+        return page
 
     def page_end(self, start: int, limit: int) -> int:
         """End of the page from ``start``: at most ``limit`` records and 10 MiB of data."""
@@ -149,29 +158,41 @@ class ReplayApp:
         self.streams.move_to_end(spec.name)
         return spec, shards
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         action = request.headers.get("X-Amz-Target", "").rpartition(".")[2]
         try:
             params = orjson.loads(await request.read() or b"{}")
-            body = self.dispatch(action, params)
+            parts = self.dispatch(action, params)
         except _Error as exc:
             error = {"__type": exc.code, "message": exc.message}
             return web.Response(
                 status=exc.status, body=orjson.dumps(error), headers={"Content-Type": _JSON}
             )
-        return web.Response(body=body, headers={"Content-Type": _JSON})
+        if len(parts) == 1:
+            return web.Response(body=parts[0], headers={"Content-Type": _JSON})
+        # a page is written as it is kept, without joining it into one more copy
+        response = web.StreamResponse(headers={"Content-Type": _JSON})
+        response.content_length = sum(map(len, parts))
+        try:
+            await response.prepare(request)
+            for part in parts:
+                await response.write(part)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away mid-answer (a consumer stopped): nothing to do
+        return response
 
-    def dispatch(self, action: str, params: dict[str, Any]) -> bytes:
+    def dispatch(self, action: str, params: dict[str, Any]) -> list[bytes]:
         if action == "GetRecords":
             return self.get_records(params)
         if action == "GetShardIterator":
-            return self.get_shard_iterator(params)
+            return [self.get_shard_iterator(params)]
         if action in ("ListShards", "DescribeStream", "DescribeStreamSummary"):
             spec, _ = self.stream(params)
-            return self.describe(action, spec)
+            return [self.describe(action, spec)]
         if action == "ListStreams":
-            return orjson.dumps({"StreamNames": list(self.streams), "HasMoreStreams": False})
+            return [orjson.dumps({"StreamNames": list(self.streams), "HasMoreStreams": False})]
         raise _Error("UnknownOperationException", f"{action} is not supported by the replay")
 
     def describe(self, action: str, spec: StreamSpec) -> bytes:
@@ -227,7 +248,7 @@ class ReplayApp:
         iterator = encode_iterator(spec.name, number, min(offset, count))
         return orjson.dumps({"ShardIterator": iterator})
 
-    def get_records(self, params: dict[str, Any]) -> bytes:
+    def get_records(self, params: dict[str, Any]) -> list[bytes]:
         try:
             name, number, offset = decode_iterator(str(params["ShardIterator"]))
         except (KeyError, ValueError) as exc:
@@ -237,17 +258,9 @@ class ReplayApp:
         limit = min(MAX_LIMIT, int(params.get("Limit") or MAX_LIMIT))
         end = shard.page_end(offset, limit) if offset < len(shard.fragments) else offset
         behind = 1000 if end < len(shard.fragments) else 0
-        return b"".join(
-            (
-                b'{"Records":[',
-                b",".join(shard.fragments[offset:end]),
-                b'],"NextShardIterator":"',
-                encode_iterator(name, number, end).encode(),
-                b'","MillisBehindLatest":',
-                str(behind).encode(),
-                b"}",
-            )
-        )
+        iterator = encode_iterator(name, number, end)
+        tail = f',"NextShardIterator":"{iterator}","MillisBehindLatest":{behind}}}'
+        return [b'{"Records":', shard.page(offset, end), tail.encode()]
 
 
 async def serve(port: int = 0, ready: asyncio.Future[int] | None = None) -> None:

@@ -9,6 +9,9 @@ to one core and the replay server to another.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,7 @@ class Settings:
     records: int | None = None  # total per cell; None: the profile's budget
     time_limit: float = 60.0
     pin: bool = True
+    gc_threshold: int | None = None  # gen0 threshold for every run; None: Python's default
 
     def spec(self, shards: int, size: int) -> StreamSpec:
         total = self.records or BUDGETS[self.profile].get(size, 10_000)
@@ -97,11 +101,26 @@ def run_throughput(url: str, settings: Settings, progress: Progress | None = Non
             for rep in range(settings.repetitions):
                 order = keys[rep % len(keys) :] + keys[: rep % len(keys)]
                 for key in order:
-                    sample = run(CONTENDERS[key].drain(url, cell.spec, settings.time_limit))
+                    with gc_threshold(settings.gc_threshold):
+                        sample = run(CONTENDERS[key].drain(url, cell.spec, settings.time_limit))
                     cell.samples.setdefault(key, []).append(sample)
                     if progress is not None:
                         progress.step(f"{shards} shards, {size} B, {key}: {sample.rate:,.0f}/s")
     return cells
+
+
+@contextlib.contextmanager
+def gc_threshold(threshold: int | None) -> Iterator[None]:
+    """The same garbage-collector setting for every contender, restored afterwards."""
+    if threshold is None:
+        yield
+        return
+    saved = gc.get_threshold()
+    gc.set_threshold(threshold, 10, 10)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
 
 
 def _fmt_rate(value: float) -> str:
@@ -160,8 +179,14 @@ def build_report(cells: list[Cell], settings: Settings, command: str) -> Report:
     goal_rows = goals(cells)
     pinning = f"Consumer pinned to CPU {consumer_cpu()}" if settings.pin else "Not pinned"
     met = sum(g["met"] for g in goal_rows)
+    gc_note = (
+        "Garbage collector: Python's defaults (700, 10, 10), as users get them."
+        if settings.gc_threshold is None
+        else f"Garbage collector: gc.set_threshold({settings.gc_threshold}, 10, 10) for every "
+        "contender alike."
+    )
     report = Report(
-        name="throughput",
+        name="throughput" if settings.gc_threshold is None else "throughput-gc",
         title="Throughput: draining a pre-filled stream (records/s, median)",
         command=command,
         notes=[
@@ -173,6 +198,7 @@ def build_report(cells: list[Cell], settings: Settings, command: str) -> Report:
             "per cell, contenders interleaved; ratios are medians of ratios within a repetition.",
             "records/s is records over wall time; 'cpu' ratios compare CPU time per record "
             "(records per CPU-second), which other load on the machine disturbs less.",
+            gc_note,
             "kinesis-esm runs with PollSettings(min_interval=0.0), BatchSize 10,000 unless "
             "noted, max_buffered_records 20,000, a no-op async handler.",
             "async-kinesis: pass-through processor, sleep_time_no_records=0.05, "
@@ -279,6 +305,12 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--no-pin", action="store_true", help="do not pin to one core")
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=None,
+        help="run every contender with gc.set_threshold(N, 10, 10); results go to throughput-gc.*",
+    )
     args = parser.parse_args(argv)
     profile = args.profile or "default"
     unknown = set(args.contenders or ()) - set(CONTENDERS)
@@ -293,6 +325,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
         records=args.records,
         time_limit=args.time_limit,
         pin=not args.no_pin,
+        gc_threshold=args.gc_threshold,
     )
     return settings, args.results_dir
 

@@ -379,14 +379,6 @@ def test_the_installed_command_exits_2_on_a_config_error(command: str, tmp_path:
     assert "batch_size" in result.stderr and "1..10000" in result.stderr, result.stderr
 
 
-RUN_STARTUP_ERROR_BUG = (
-    "BUG: since 455e437, _runtime.py Runtime._register (line ~328) re-raises MappingError for "
-    "config mappings inside the Engine/Runtime task groups; cli.main (lines 81-86) catches only "
-    "ConfigError and ImportError, so the ExceptionGroup escapes: exit 1 and a traceback"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=RUN_STARTUP_ERROR_BUG)
 def test_run_with_an_unloadable_handler_exits_2_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "kinesis-esm.toml"
     path.write_text(VALID.replace(HANDLER_MODULE, "no_such_handler_module"))
@@ -404,22 +396,10 @@ NOT_YET = [
     )
     if f.split(" ")[0] not in SUPPORTED_FEATURES
 ]
-VALIDATE_UNSUPPORTED_BUG = (
-    "BUG: cli.py main (line ~74) answers validate right after load_config; it never checks "
-    "unsupported_features, so it says OK to a config that run refuses"
-)
 
 
 @pytest.mark.skipif(not NOT_YET, reason="every Lambda parameter is supported now")
-@pytest.mark.parametrize(
-    "command",
-    [
-        pytest.param("run", marks=pytest.mark.xfail(strict=True, reason=RUN_STARTUP_ERROR_BUG)),
-        pytest.param(
-            "validate", marks=pytest.mark.xfail(strict=True, reason=VALIDATE_UNSUPPORTED_BUG)
-        ),
-    ],
-)
+@pytest.mark.parametrize("command", ["run", "validate"])
 def test_a_setting_not_supported_yet_exits_2_naming_it(command: str, tmp_path: Path) -> None:
     setting = NOT_YET[0]
     (tmp_path / f"{HANDLER_MODULE}.py").write_text("def handler(event, context):\n    pass\n")

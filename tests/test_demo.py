@@ -73,12 +73,6 @@ def demo_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path
         process.wait(timeout=10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _demo.py run_demo skips the drain when interrupted but still counts every "
-    "record not yet delivered as missing and returns 1 (the `return 0 if not missing` line): "
-    "Ctrl-C reports 'missing N' and exit 1",
-)
 def test_demo_stops_cleanly_on_ctrl_c(
     demo_process: tuple[subprocess.Popen[bytes], Path],
 ) -> None:

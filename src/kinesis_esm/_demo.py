@@ -139,11 +139,8 @@ async def run_demo(
                     tg.start_soon(_produce, client, rate, produced, stop_producing)
                     interrupted = await _show_progress(engine, seconds, print_line)
                     stop_producing.set()
-                if not interrupted:
-                    print_line("producer stopped; draining...")
-                    with anyio.move_on_after(30):
-                        while not set(produced) <= delivered.ids:  # noqa: ASYNC110  # bounded drain
-                            await anyio.sleep(0.2)
+                print_line("producer stopped; draining what was produced...")
+                await _drain(produced, delivered, 10.0 if interrupted else 30.0)
                 print_line(format_progress(engine.statistics(), {}, 0))
             await store.aclose()
     finally:
@@ -155,6 +152,24 @@ async def run_demo(
         f"{delivered.invocations:,} invocations; missing {len(missing):,}"
     )
     return 0 if not missing or len(produced) == 0 else 1
+
+
+async def _drain(produced: list[str], delivered: _Delivered, limit: float) -> None:
+    """Wait (bounded) until every produced record was delivered; another Ctrl-C cuts it short."""
+    with (
+        anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+        anyio.move_on_after(limit),
+    ):
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            while not set(produced) <= delivered.ids:  # noqa: ASYNC110  # polling a thread's set
+                await anyio.sleep(0.2)
+            tg.cancel_scope.cancel()
 
 
 async def _show_progress(engine: Engine, seconds: float, print_line: Callable[[str], None]) -> bool:

@@ -261,12 +261,6 @@ class LaggingListShards(RecordingSource):
         return [s for s in shards if int(s.shard_id[-12:]) < self.hide_from]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs src change: children named by a closed shard's ChildShards must start as soon "
-    "as their parents are done, without waiting for ListShards to list them; today they wait "
-    "for a later ListShards (up to shard_sync_interval)",
-)
 async def test_children_start_from_child_shards_before_list_shards_shows_them() -> None:
     stream = MemoryStream(ARN, 1)
     writer = Writer(stream)

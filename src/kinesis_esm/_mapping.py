@@ -70,6 +70,7 @@ class MappingRunner:
         self.problem: str | None = None
         self._consumers: dict[str, ShardConsumer] = {}
         self._finished: set[str] = set()
+        self._announced_children: dict[str, ShardInfo] = {}  # from ChildShards at a shard's end
         self._first_listing: set[str] | None = None
         self._first_start = False
         self._started_at = 0.0
@@ -137,6 +138,16 @@ class MappingRunner:
                 shard_id,
                 [c.shard_id for c in consumer.child_shards],
             )
+            for child in consumer.child_shards:  # known before ListShards may show them
+                parents = child.parent_shards
+                self._announced_children.setdefault(
+                    child.shard_id,
+                    ShardInfo(
+                        child.shard_id,
+                        parent_shard_id=parents[0] if parents else None,
+                        adjacent_parent_shard_id=parents[1] if len(parents) > 1 else None,
+                    ),
+                )
             self._sync_requested.set()  # start the children now
 
     async def _sync_shards(self, tg: anyio.abc.TaskGroup) -> bool:
@@ -150,6 +161,10 @@ class MappingRunner:
         listed = {s.shard_id for s in shards}
         if self._first_listing is None:
             self._first_listing = listed
+        for shard_id in listed & self._announced_children.keys():
+            del self._announced_children[shard_id]  # the listing's fuller info wins
+        shards = [*shards, *self._announced_children.values()]
+        known = listed | self._announced_children.keys() | self._consumers.keys()
         done = self._finished | {s for s, cp in checkpoints.items() if cp == SHARD_END}
         for shard in shards:
             if self._stopping:
@@ -160,7 +175,7 @@ class MappingRunner:
                 continue
             if shard.shard_id in done:
                 continue
-            if any(p in listed and p not in done for p in shard.parents):
+            if any(p in known and p not in done for p in shard.parents):
                 continue  # parent before child
             position = self._start_position(shard, checkpoints.get(shard.shard_id))
             consumer = ShardConsumer(self, shard, position, checkpoints.get(shard.shard_id))

@@ -412,15 +412,6 @@ def test_a_setting_not_supported_yet_exits_2_naming_it(command: str, tmp_path: P
     assert "Traceback" not in result.stderr, result.stderr
 
 
-STUCK_THREAD_BUG = (
-    "BUG: functions/_callable.py runs sync handlers with anyio.to_thread.run_sync("
-    "abandon_on_cancel=True); a timed-out handler's thread is abandoned but it is a non-daemon "
-    "thread, so after 'stopped cleanly' the interpreter's exit joins it: SIGTERM is not bounded "
-    "by the function timeout, a stuck handler keeps the daemon alive forever"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=STUCK_THREAD_BUG)
 @pytest.mark.anyio
 async def test_sigterm_with_a_stuck_handler_stops_within_the_function_timeout(
     moto: str, client: KinesisClient, stream_name: str, daemon: DaemonRuns

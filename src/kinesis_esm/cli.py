@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._daemon import run_daemon
 
     try:
-        return _run_async(
+        code = _run_async(
             run_daemon, config, log_interval=args.log_interval, emf_interval=args.emf_interval
         )
     except ConfigError as exc:
@@ -150,6 +151,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, OSError) as exc:  # a handler that does not import; a busy port
         print(f"kinesis-esm: {exc}", file=sys.stderr)
         return 2
+    _exit_past_stuck_handlers(code)
+    return code
+
+
+def _exit_past_stuck_handlers(code: int) -> None:
+    """A sync handler that outlived its timeout still runs in a thread nobody can kill; the
+    interpreter would wait for it at exit. The stop is done (checkpoints written), so leave."""
+    stuck = [
+        t
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and t.is_alive() and not t.daemon
+    ]
+    if stuck:
+        logging.getLogger("kinesis_esm.daemon").warning(
+            "exiting past %d handler thread(s) still running after their timeout", len(stuck)
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":

@@ -164,7 +164,7 @@ RECORDS = st.builds(
     key=KEYS,
     sequence=st.integers(0, 10**60).map(str),
     timestamp=st.floats(0, 9_999_999_999.999, allow_nan=False),
-    encryption=st.sampled_from([None, "KMS"]),
+    encryption=st.sampled_from([None, "KMS", "NONE"]),
 )
 
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import tempfile
@@ -146,6 +147,7 @@ async def run_demo(
     finally:
         with contextlib.suppress(Exception):
             server.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
     missing = set(produced) - delivered.ids
     print_line(
         f"produced {len(produced):,} records; delivered {len(delivered.ids):,} distinct in "

@@ -109,7 +109,8 @@ class LambdaContext:
         self.function_name = function_name
         self.function_version = "$LATEST"
         self.invoked_function_arn = invoked_function_arn
-        self.memory_limit_in_mb = memory_limit_in_mb
+        # a string, as in Lambda's Python runtime (it reads an environment variable)
+        self.memory_limit_in_mb = str(memory_limit_in_mb)
         self.log_group_name = f"/aws/lambda/{function_name}"
         self.log_stream_name = "kinesis-esm"
         self.identity = None

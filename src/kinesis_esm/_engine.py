@@ -165,15 +165,17 @@ class Engine:
             self._tg.start_soon(runner.run)
         else:
             runner.state = "Disabled"
+            runner.stopped.set()  # nothing runs, so a stop has nothing to wait for
         return runner.uuid
 
-    async def remove_mapping(self, uuid: str, *, delete_state: bool = False) -> None:
+    async def remove_mapping(self, uuid: str, *, delete_state: bool = False) -> MappingStatistics:
+        """Stop one mapping cleanly; returns its final statistics."""
         runner = self._mappings.pop(uuid)
         runner.stop()
-        if runner.state != "Disabled":
-            await runner.stopped.wait()
+        await runner.stopped.wait()
         if delete_state:
             await self.store.delete_mapping(uuid)
+        return runner.statistics()
 
     def mapping_statistics(self, uuid: str) -> MappingStatistics:
         return self._mappings[uuid].statistics()

@@ -162,6 +162,8 @@ class _BatchRun:
     async def _invoke(self, records: Sequence[Record]) -> InvokeResult:
         function = self.mapping.function
         payload = self.processor.payload(self.shard, records)
+        if getattr(function, "enforces_timeout", False):
+            return await function.invoke(payload)  # no second timer per batch on the hot path
         result: InvokeResult | None = None
         with anyio.move_on_after(function.timeout + INVOKE_GRACE):
             result = await function.invoke(payload)

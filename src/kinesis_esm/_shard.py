@@ -7,6 +7,7 @@ stops fetching while the shard's buffered records are at the bound (back-pressur
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -82,7 +83,7 @@ class ShardConsumer:
         self._lane_events = [anyio.Event() for _ in self.scheduler.lanes]
         self._space = anyio.Event()
         self._stop_event = anyio.Event()
-        self._commit_lock = anyio.Lock()
+        self._commit_lock = asyncio.Lock()  # uncontended: far cheaper than anyio.Lock
         self._poll_scope: anyio.CancelScope | None = None
 
     # lifecycle
@@ -140,8 +141,10 @@ class ShardConsumer:
         backoff = Backoff(settings.error_backoff_initial, settings.error_backoff_max)
         iterator: str | None = None
         last_call = -1e9
-        # back-pressure: poll again only once a useful amount of room is free, not per record
-        room_needed = max(1, min(self.config.batch_size, self.max_buffered // 2))
+        # back-pressure: poll again once a batch or half the bound is free, not per record
+        room_needed = max(
+            1, min(self.max_buffered, max(self.config.batch_size, self.max_buffered // 2))
+        )
         while True:
             while self.max_buffered - self.scheduler.buffered < room_needed:
                 self._space = anyio.Event()

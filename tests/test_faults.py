@@ -127,9 +127,17 @@ async def all_delivered(deliveries: Deliveries, writer: Writer, timeout: float =
 async def proxied_stream(
     kinesis_mock: KinesisMock, stream_name: str, shards: int = 2
 ) -> AsyncIterator[tuple[FaultProxy, Writer, str]]:
+    """The consumer's path: TCP fault proxy -> plain HTTP forwarder -> kinesis-mock.
+
+    The HTTP hop shields the emulator from the proxy's resets: kinesis-mock (kinesis-local
+    0.6.2) stops listening for good, while its process lives on, after a single connection is
+    reset before it sent a request, which the proxy does to its upstream connections. The
+    forwarder only opens connections to send requests and never resets them.
+    """
     async with (
         kinesis_client(kinesis_mock.endpoint_url) as client,
-        FaultProxy("127.0.0.1", kinesis_mock.port) as proxy,
+        KinesisFaultInjector(kinesis_mock.endpoint_url) as forwarder,
+        FaultProxy("127.0.0.1", forwarder.port) as proxy,
     ):
         arn = await create_stream(client, stream_name, shards)
         yield proxy, Writer(client, stream_name), arn
@@ -382,13 +390,18 @@ async def test_deleted_stream_is_a_visible_problem_not_a_crash_loop(
                 message="the problem state",
             )
             result = stats(engine).last_processing_result
-            # not a crash loop: the engine runs on, and retries are spaced by the back-off
-            counters = stats(engine).counters
-            started, errors = time.monotonic(), counters.source_errors
+            # Not a crash loop: the engine runs on, and retries are spaced by the back-off.
+            # Once it has grown (after a few retries), each shard waits problem_backoff_max
+            # (2 s here) between attempts: two shards make about one failure a second.
+            errors = stats(engine).counters.source_errors
             await wait_for(
-                lambda: stats(engine).counters.source_errors >= errors + 6,
+                lambda: stats(engine).counters.source_errors >= errors + 6, 15, message="retries"
+            )
+            started, errors = time.monotonic(), stats(engine).counters.source_errors
+            await wait_for(
+                lambda: stats(engine).counters.source_errors >= errors + 4,
                 15,
-                message="retries",
+                message="more retries",
             )
             assert time.monotonic() - started >= 1.0
             assert stats(engine).state == "Enabled"

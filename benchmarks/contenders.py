@@ -18,6 +18,7 @@ record has reached the consumer's hand. Every loop is bounded by ``time_limit``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -99,6 +100,9 @@ def _pass_through_processor() -> Any:
 
 async def async_kinesis(url: str, spec: StreamSpec, time_limit: float) -> Sample:
     from kinesis import Consumer  # type: ignore[import-untyped]
+
+    # its teardown logs the GetRecords it abandons; keep the progress bar readable
+    logging.getLogger("kinesis").setLevel(logging.ERROR)
 
     consumer = Consumer(
         spec.name,

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import pytest
 
 from kinesis_esm import (
@@ -156,6 +157,36 @@ async def test_split_children_wait_for_their_parent() -> None:
     assert checkpoints[SHARD0] == SHARD_END
     for child in children:
         assert checkpoints[child] == writer.last_sequence(child)
+
+
+async def test_children_waiting_on_their_parent_show_in_statistics() -> None:
+    stream = MemoryStream(ARN, 1)
+    writer = Writer(stream)
+    writer.put(10)
+    gate = anyio.Event()
+
+    async def handler(event: dict[str, Any], context: Any) -> None:
+        await gate.wait()  # hold the parent's first batch
+
+    async with running(stream, handler) as engine:
+        children = stream.split(SHARD0)
+        writer.put(10)
+
+        def states() -> dict[str, str]:
+            return {s.shard_id: s.state for s in engine.mapping_statistics(UUID).shards}
+
+        await wait_for(
+            lambda: all(states().get(c) == "waiting_on_parents" for c in children),
+            5,
+            message="the children listed as waiting",
+        )
+        assert states()[SHARD0] == "polling"
+        gate.set()
+        await wait_for(
+            lambda: all(states().get(c) == "polling" for c in children) and SHARD0 not in states(),
+            5,
+            message="the parent to end and the children to start",
+        )
 
 
 async def test_merge_child_waits_for_both_parents() -> None:
@@ -497,12 +528,6 @@ class FlakyListShards(RecordingSource):
         return await super().list_shards(stream_arn)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs src change: MappingRunner.run doubles the ListShards retry delay on every "
-    "sync round, successful ones included, and never resets it; after a few healthy rounds a "
-    "single failed ListShards is retried only after problem_backoff_max",
-)
 async def test_a_failed_list_shards_is_retried_soon_after_a_healthy_period() -> None:
     stream = MemoryStream(ARN, 1)
     source = FlakyListShards(stream)

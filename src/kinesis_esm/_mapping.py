@@ -19,7 +19,7 @@ from ._config import EventSourceMappingConfig, stable_uuid
 from ._errors import SourceError
 from ._processing import BatchProcessor
 from ._shard import PollSettings, ShardConsumer
-from ._statistics import MappingCounters, MappingStatistics
+from ._statistics import MappingCounters, MappingStatistics, waiting_statistics
 from .functions import Function
 from .source import IteratorPosition, ShardInfo, StreamSource
 from .state import SHARD_END, CheckpointStore
@@ -70,6 +70,7 @@ class MappingRunner:
         self.problem: str | None = None
         self._consumers: dict[str, ShardConsumer] = {}
         self._finished: set[str] = set()
+        self._waiting: dict[str, str | None] = {}  # children waiting on parents: checkpoint
         self._announced_children: dict[str, ShardInfo] = {}  # from ChildShards at a shard's end
         self._first_listing: set[str] | None = None
         self._first_start = False
@@ -110,8 +111,11 @@ class MappingRunner:
                     synced = await self._sync_shards(tg)
                     if synced and self.state == "Creating":
                         self.state = "Enabled"
-                    wait = self.shard_sync_interval if synced else backoff
-                    backoff = min(backoff * 2, self.poll_settings.problem_backoff_max)
+                    if synced:
+                        wait, backoff = self.shard_sync_interval, 0.5
+                    else:  # a failed ListShards: retry soon, backing off while it keeps failing
+                        wait = backoff
+                        backoff = min(backoff * 2, self.poll_settings.problem_backoff_max)
                     with anyio.move_on_after(wait):
                         await self._sync_requested.wait()
                     self._sync_requested = anyio.Event()
@@ -166,6 +170,7 @@ class MappingRunner:
         shards = [*shards, *self._announced_children.values()]
         known = listed | self._announced_children.keys() | self._consumers.keys()
         done = self._finished | {s for s, cp in checkpoints.items() if cp == SHARD_END}
+        self._waiting = {}
         for shard in shards:
             if self._stopping:
                 break
@@ -176,6 +181,7 @@ class MappingRunner:
             if shard.shard_id in done:
                 continue
             if any(p in known and p not in done for p in shard.parents):
+                self._waiting[shard.shard_id] = checkpoints.get(shard.shard_id)
                 continue  # parent before child
             position = self._start_position(shard, checkpoints.get(shard.shard_id))
             consumer = ShardConsumer(self, shard, position, checkpoints.get(shard.shard_id))
@@ -209,5 +215,8 @@ class MappingRunner:
             counters=MappingCounters(
                 **{name: getattr(self.counters, name) for name in MappingCounters.__slots__}
             ),
-            shards=tuple(c.statistics() for c in self._consumers.values()),
+            shards=(
+                *(c.statistics() for c in self._consumers.values()),
+                *(waiting_statistics(s, cp) for s, cp in self._waiting.items()),
+            ),
         )

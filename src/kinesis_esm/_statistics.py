@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["EngineStatistics", "MappingCounters", "MappingStatistics", "ShardStatistics"]
+__all__ = [
+    "EngineStatistics",
+    "MappingCounters",
+    "MappingStatistics",
+    "ShardStatistics",
+    "waiting_statistics",
+]
 
 
 @dataclass(slots=True)
@@ -41,6 +47,13 @@ class ShardStatistics:
     millis_behind_latest: int | None  # from the last GetRecords
     records_polled: int
     records_invoked: int
+
+
+def waiting_statistics(shard_id: str, checkpoint: str | None) -> ShardStatistics:
+    """A shard that is not read yet because a parent is still being read."""
+    return ShardStatistics(
+        shard_id, "waiting_on_parents", 0, 0, 0, checkpoint, None, None, None, 0, 0
+    )
 
 
 @dataclass(frozen=True, slots=True)

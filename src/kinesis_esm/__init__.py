@@ -24,6 +24,7 @@ from ._config import (
 from ._engine import Engine
 from ._errors import FunctionError, KinesisESMError, SourceError
 from ._events import LambdaContext, build_event
+from ._gc import tune_gc
 from ._mapping import RetrySettings
 from ._records import Record
 from ._shard import PollSettings
@@ -68,4 +69,5 @@ __all__ = (
     "build_event",
     "load_config",
     "stable_uuid",
+    "tune_gc",
 )

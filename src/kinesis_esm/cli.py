@@ -14,11 +14,14 @@ from typing import Any
 import anyio
 
 from ._config import ConfigError, load_config
+from ._gc import tune_gc
 
 __all__ = ["main"]
 
 
 def _run_async(func: Callable[..., Awaitable[int]], *args: Any, **kwargs: Any) -> int:
+    tune_gc()  # a long-running consumer: see _gc
+
     async def entry() -> int:
         return await func(*args, **kwargs)
 

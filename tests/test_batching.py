@@ -190,3 +190,34 @@ def test_cuts_are_upper_bounds_and_tight(
         slack = sum(40 + key_escape_slack(r.partition_key) for r in records[: n + 1])
         assert event_bytes(records[: n + 1], OVERHEAD) > max_bytes
         assert real_size(records[: n + 1]) > max_bytes - slack
+
+
+def _cut_record_by_record(records: list[Record], batch_size: int, cap: int) -> int:
+    """The reference cut: add records while the running upper bound stays within the cap."""
+    total, count = EVENT_ENVELOPE_BYTES, 0
+    for r in records[:batch_size]:
+        size = event_bytes([r], OVERHEAD) - EVENT_ENVELOPE_BYTES
+        if count and total + size > cap:
+            break
+        total += size
+        count += 1
+    return count
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=60),
+    keys=st.lists(st.text("abcXYZ019-_.:", min_size=1, max_size=40), min_size=1, max_size=60),
+    batch_size=st.integers(1, 80),
+    cap=st.integers(500, 40_000),
+)
+def test_the_arithmetic_cut_for_plain_keys_equals_the_record_by_record_cut(
+    sizes: list[int], keys: list[str], batch_size: int, cap: int
+) -> None:
+    records = [
+        record(b64(size), key=keys[i % len(keys)], sequence=str(10**20 + i))
+        for i, size in enumerate(sizes)
+    ]
+    assert batch_count(records, batch_size, OVERHEAD, max_bytes=cap) == _cut_record_by_record(
+        records, batch_size, cap
+    )

@@ -7,7 +7,9 @@ The consumer counts these as ``oversized_batches`` and logs them.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
+from itertools import accumulate
 from operator import attrgetter
 
 from ._events import MAX_EVENT_BYTES, record_event_size
@@ -20,6 +22,8 @@ EVENT_ENVELOPE_BYTES = len('{"Records":[]}')
 # sequence number (128 digits each): lets the common case skip the per-record size estimate.
 _WORST_KEY_AND_SEQUENCES = 256 * 6 + 2 * 128
 _data_b64 = attrgetter("data_b64")
+_partition_key = attrgetter("partition_key")
+_sequence = attrgetter("sequence_number")
 
 
 def batch_count(
@@ -33,9 +37,25 @@ def batch_count(
     n = len(candidates)
     if n == 0:
         return 0
-    data_bytes = sum(map(len, map(_data_b64, candidates)))
-    if EVENT_ENVELOPE_BYTES + data_bytes + n * (overhead + _WORST_KEY_AND_SEQUENCES) <= max_bytes:
+    data_lens = list(map(len, map(_data_b64, candidates)))
+    if (
+        EVENT_ENVELOPE_BYTES + sum(data_lens) + n * (overhead + _WORST_KEY_AND_SEQUENCES)
+        <= max_bytes
+    ):
         return n
+    keys = list(map(_partition_key, candidates))
+    joined = "".join(keys)
+    if joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined:
+        # keys serialize as they are: each record's size is plain arithmetic, and the cut is a
+        # binary search over prefix sums instead of a per-record estimate
+        sizes = [
+            overhead + d + k + 2 * q
+            for d, k, q in zip(
+                data_lens, map(len, keys), map(len, map(_sequence, candidates)), strict=True
+            )
+        ]
+        prefix = list(accumulate(sizes, initial=EVENT_ENVELOPE_BYTES))
+        return max(1, bisect_right(prefix, max_bytes) - 1)
     total = EVENT_ENVELOPE_BYTES
     for count, record in enumerate(candidates):
         size = record_event_size(record, overhead)

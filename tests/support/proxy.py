@@ -191,10 +191,21 @@ class FaultProxy:
         if self._mode != "pass":  # reset, or refuse that began while this one was held
             connection.reset = True
             return
+        # Connect upstream only once the client has said something: a reset of an upstream
+        # connection that never carried a request was seen to stop kinesis-mock listening.
+        try:
+            first = await connection.client.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return
+        await self._wait_while_stalled()
+        if self._mode != "pass":
+            connection.reset = True
+            return
         try:
             with anyio.fail_after(self.connect_timeout):
                 connection.upstream = await anyio.connect_tcp(self.target_host, self.target_port)
-        except (OSError, TimeoutError):
+            await connection.upstream.send(first)
+        except (OSError, TimeoutError, anyio.BrokenResourceError):
             connection.reset = True  # the target is down: the client sees a reset
             return
         async with anyio.create_task_group() as pumps:

@@ -17,22 +17,23 @@ from hypothesis import strategies as st
 
 from kinesis_esm._config import (
     ConfigError,
-    ControlConfig,
-    DaemonConfig,
     DestinationConfig,
     EventSourceMappingConfig,
     Filter,
     FilterCriteria,
-    FunctionConfig,
-    KinesisConfig,
     NotSupportedYetError,
     OnFailure,
-    StateConfig,
-    load_config,
-    parse_config,
     stable_uuid,
     unsupported_features,
 )
+from kinesis_esm._config_daemon import (
+    ControlConfig,
+    DaemonConfig,
+    FunctionConfig,
+    KinesisConfig,
+    StateConfig,
+)
+from kinesis_esm._config_file import load_config, parse_config
 
 STREAM = "arn:aws:kinesis:us-east-1:000000000000:stream/orders"
 CONSUMER = f"{STREAM}/consumer/esm-consumer:1700000000"

@@ -8,19 +8,16 @@ Embedding::
 
 from ._config import (
     ConfigError,
-    DaemonConfig,
     DestinationConfig,
     EventSourceMappingConfig,
     Filter,
     FilterCriteria,
-    FunctionConfig,
-    KinesisConfig,
     NotSupportedYetError,
     OnFailure,
-    StateConfig,
-    load_config,
     stable_uuid,
 )
+from ._config_daemon import DaemonConfig, FunctionConfig, KinesisConfig, StateConfig
+from ._config_file import load_config
 from ._engine import Engine
 from ._errors import FunctionError, KinesisESMError, SourceError
 from ._events import LambdaContext, build_event

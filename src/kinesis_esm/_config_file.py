@@ -31,17 +31,13 @@ from typing import Any
 
 from ._config import (
     ConfigError,
-    ControlConfig,
-    DaemonConfig,
     DestinationConfig,
     EventSourceMappingConfig,
     Filter,
     FilterCriteria,
-    FunctionConfig,
-    KinesisConfig,
     OnFailure,
-    StateConfig,
 )
+from ._config_daemon import ControlConfig, DaemonConfig, FunctionConfig, KinesisConfig, StateConfig
 
 __all__ = ["load_config", "parse_config"]
 

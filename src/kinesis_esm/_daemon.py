@@ -12,7 +12,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._config import DaemonConfig, EventSourceMappingConfig, KinesisConfig
+from ._config import EventSourceMappingConfig
+from ._config_daemon import DaemonConfig, KinesisConfig
 from ._engine import Engine
 from ._errors import StreamNotFoundError
 from ._runtime import Runtime

@@ -25,7 +25,8 @@ from typing import Any
 import anyio
 from aiobotocore.session import get_session
 
-from ._config import EventSourceMappingConfig, KinesisConfig
+from ._config import EventSourceMappingConfig
+from ._config_daemon import KinesisConfig
 from ._daemon import format_progress
 from ._engine import Engine
 from .examples import handler as example_handler

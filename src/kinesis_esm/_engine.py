@@ -14,7 +14,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._config import EventSourceMappingConfig, KinesisConfig, unsupported_features
+from ._config import EventSourceMappingConfig, unsupported_features
+from ._config_daemon import KinesisConfig
 from ._mapping import MappingRunner, RetrySettings
 from ._shard import PollSettings
 from ._statistics import EngineStatistics, MappingStatistics

@@ -32,12 +32,11 @@ import anyio.abc
 from ._config import (
     INVALID_PARAMETER_VALUE,
     ConfigError,
-    DaemonConfig,
     EventSourceMappingConfig,
-    FunctionConfig,
     stable_uuid,
     unsupported_features,
 )
+from ._config_daemon import DaemonConfig, FunctionConfig
 from ._engine import SUPPORTED_FEATURES, Engine
 from ._runtime_model import (
     DELETE_IN_USE_MESSAGE,

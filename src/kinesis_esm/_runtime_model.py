@@ -9,7 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ._config import EventSourceMappingConfig, FunctionConfig
+from ._config import EventSourceMappingConfig
+from ._config_daemon import FunctionConfig
 from ._statistics import MappingStatistics, ShardStatistics
 from .functions import Function, InvokeResult
 from .state._mappings import Origin, StoredMapping, config_to_dict

@@ -13,7 +13,8 @@ from typing import Any
 
 import anyio
 
-from ._config import ConfigError, load_config
+from ._config import ConfigError
+from ._config_file import load_config
 from ._gc import tune_gc
 
 __all__ = ["main"]

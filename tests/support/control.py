@@ -20,7 +20,7 @@ import boto3
 from botocore.config import Config
 
 from kinesis_esm import DaemonConfig, EventSourceMappingConfig, FunctionConfig, KinesisConfig
-from kinesis_esm._config import ControlConfig, StateConfig
+from kinesis_esm._config_daemon import ControlConfig, StateConfig
 from kinesis_esm._daemon import run_daemon
 
 REGION = "us-east-1"

@@ -20,33 +20,13 @@ from ._runtime import Runtime
 from ._statistics import EngineStatistics
 from .control import ControlServer
 from .control._emf import run_emf
-from .functions import CallableFunction, load_handler
 from .source import KinesisSource
 from .state import SQLiteCheckpointStore
 from .state._mappings import MappingStore
 
-__all__ = ["KinesisStreamCheck", "build_functions", "format_progress", "run_daemon"]
+__all__ = ["KinesisStreamCheck", "format_progress", "run_daemon"]
 
 log = logging.getLogger("kinesis_esm.daemon")
-
-
-def build_functions(config: DaemonConfig) -> dict[str, CallableFunction]:
-    """Load the handlers the mappings use; only functions declared in the file are loaded."""
-    functions: dict[str, CallableFunction] = {}
-    for mapping in config.event_source_mappings:
-        declared = config.function(mapping.function_name)
-        if declared is None:  # the config layer rejects this earlier; keep the guard honest
-            raise ValueError(f"function {mapping.function_name!r} is not declared")
-        if declared.name in functions:
-            continue
-        functions[declared.name] = CallableFunction(
-            load_handler(declared.handler, function_name=declared.name),
-            name=declared.name,
-            timeout=declared.timeout,
-            memory_size=declared.memory_size,
-            arn=declared.arn(mapping.region, mapping.account_id),
-        )
-    return functions
 
 
 def format_progress(stats: EngineStatistics, previous: dict[str, int], elapsed: float) -> str:

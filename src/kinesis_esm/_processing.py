@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from ._mapping import MappingRunner
     from ._shard import ShardConsumer
 
-__all__ = ["DELIVERY_MODES", "INVOKE_GRACE", "BatchProcessor", "wall_clock"]
+__all__ = ["INVOKE_GRACE", "BatchProcessor", "wall_clock"]
 
 log = logging.getLogger("kinesis_esm.processing")
 dropped_log = logging.getLogger("kinesis_esm.dropped")
@@ -68,7 +68,6 @@ dropped_log = logging.getLogger("kinesis_esm.dropped")
 # The wall clock record ages are measured with (a seam for tests: monkeypatch it).
 wall_clock: Callable[[], float] = time.time
 INVOKE_GRACE = 5.0  # beyond the function's own timeout, before an invoke is abandoned
-DELIVERY_MODES = ("retry", "drop")
 REPORT_BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
 
 FUNCTION_CALL_FAILED = "PROBLEM: Function call failed"

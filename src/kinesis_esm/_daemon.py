@@ -174,7 +174,9 @@ async def _serve(
             while True:
                 await anyio.sleep(log_interval)
                 now = time.monotonic()
-                report(format_progress(engine.statistics(), previous, now - last))
+                line = format_progress(engine.statistics(), previous, now - last)
+                if line:  # nothing to say while no mapping exists
+                    report(line)
                 last = now
 
         if handle_signals:

@@ -275,15 +275,7 @@ async def test_update_disable_enable_delete_states(tmp_path: Path, moto: str) ->
     arn = await new_stream(moto, "orders")
     async with running_daemon(tmp_path, moto, functions=("f", "g")) as daemon:
         client = lambda_client(daemon.url)
-        uuid = (
-            await call(
-                client.create_event_source_mapping,
-                FunctionName="f",
-                EventSourceArn=arn,
-                StartingPosition="TRIM_HORIZON",
-            )
-        )["UUID"]
-        await wait_state(client, uuid, "Enabled")
+        uuid = await create_enabled(client, arn)
         updated = await call(
             client.update_event_source_mapping,
             UUID=uuid,
@@ -385,6 +377,19 @@ def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return samples
 
 
+async def create_enabled(client: Any, arn: str) -> str:
+    """Create a TRIM_HORIZON mapping of function "f" and wait until it is Enabled."""
+    response = await call(
+        client.create_event_source_mapping,
+        FunctionName="f",
+        EventSourceArn=arn,
+        StartingPosition="TRIM_HORIZON",
+    )
+    uuid = str(response["UUID"])
+    await wait_state(client, uuid, "Enabled")
+    return uuid
+
+
 def value(samples: dict[tuple[str, Any], float], name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
 
@@ -393,15 +398,7 @@ async def test_metrics_values_move(tmp_path: Path, moto: str) -> None:
     arn = await new_stream(moto, "orders", shards=2)
     async with running_daemon(tmp_path, moto) as daemon, aiohttp.ClientSession() as http:
         client = lambda_client(daemon.url)
-        uuid = (
-            await call(
-                client.create_event_source_mapping,
-                FunctionName="f",
-                EventSourceArn=arn,
-                StartingPosition="TRIM_HORIZON",
-            )
-        )["UUID"]
-        await wait_state(client, uuid, "Enabled")
+        uuid = await create_enabled(client, arn)
 
         async def metrics() -> dict[tuple[str, Any], float]:
             async with http.get(f"{daemon.url}/metrics") as response:
@@ -449,15 +446,7 @@ async def test_health_ready_and_status(tmp_path: Path, moto: str) -> None:
     arn = await new_stream(moto, "orders")
     async with running_daemon(tmp_path, moto) as daemon, aiohttp.ClientSession() as http:
         client = lambda_client(daemon.url)
-        uuid = (
-            await call(
-                client.create_event_source_mapping,
-                FunctionName="f",
-                EventSourceArn=arn,
-                StartingPosition="TRIM_HORIZON",
-            )
-        )["UUID"]
-        await wait_state(client, uuid, "Enabled")
+        uuid = await create_enabled(client, arn)
         async with http.get(f"{daemon.url}/health") as health:
             assert health.status == 200 and (await health.json())["status"] == "ok"
         async with http.get(f"{daemon.url}/ready") as ready:

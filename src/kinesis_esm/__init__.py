@@ -22,9 +22,8 @@ from ._engine import Engine
 from ._errors import FunctionError, KinesisESMError, SourceError
 from ._events import LambdaContext, build_event
 from ._gc import tune_gc
-from ._mapping import RetrySettings
 from ._records import Record
-from ._shard import PollSettings
+from ._settings import PollSettings, RetrySettings
 from ._statistics import EngineStatistics, MappingCounters, MappingStatistics, ShardStatistics
 from .functions import CallableFunction, InvokeResult
 from .source import KinesisSource, MemoryStream

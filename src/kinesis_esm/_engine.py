@@ -16,8 +16,8 @@ import anyio.abc
 
 from ._config import EventSourceMappingConfig, unsupported_features
 from ._config_daemon import KinesisConfig
-from ._mapping import MappingRunner, RetrySettings
-from ._shard import PollSettings
+from ._mapping import MappingRunner
+from ._settings import PollSettings, RetrySettings
 from ._statistics import EngineStatistics, MappingStatistics
 from .functions import CallableFunction, Function
 from .source import KinesisSource, StreamSource

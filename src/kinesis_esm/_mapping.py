@@ -11,30 +11,23 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import anyio
 
 from ._config import EventSourceMappingConfig, stable_uuid
 from ._errors import SourceError
+from ._ports import MappingIdentity, StoreCommitter
 from ._processing import BatchProcessor
-from ._shard import PollSettings, ShardConsumer
+from ._settings import PollSettings, RetrySettings
+from ._shard import ShardConsumer
 from ._statistics import MappingCounters, MappingStatistics, waiting_statistics
 from .functions import Function
 from .source import IteratorPosition, ShardInfo, StreamSource
 from .state import SHARD_END, CheckpointStore
 
-__all__ = ["MappingRunner", "RetrySettings"]
+__all__ = ["MappingRunner"]
 
 log = logging.getLogger("kinesis_esm.mapping")
-
-
-@dataclass(frozen=True, slots=True)
-class RetrySettings:
-    """Back-off between retries of a failing batch."""
-
-    initial: float = 0.5
-    maximum: float = 30.0
 
 
 class MappingRunner:
@@ -63,8 +56,16 @@ class MappingRunner:
         self.poll_settings = poll_settings or PollSettings()
         self.retry_settings = retry_settings or RetrySettings()
         self.shard_sync_interval = shard_sync_interval
-        self.processor = BatchProcessor(self)
+        self.identity = MappingIdentity(self.uuid, config, self.invoke_identity_arn)
         self.counters = MappingCounters()
+        self.committer = StoreCommitter(store, self.uuid)
+        self.processor = BatchProcessor(
+            self.identity,
+            function,
+            counters=self.counters,
+            status=self,
+            retry_settings=self.retry_settings,
+        )
         self.state = "Creating"
         self.last_processing_result = "No records processed"
         self.problem: str | None = None
@@ -88,6 +89,9 @@ class MappingRunner:
             log.error("mapping %s: %s", self.uuid, exc)
         self.problem = message
         self.last_processing_result = message
+
+    def processing_result(self, result: str) -> None:
+        self.last_processing_result = result
 
     def source_recovered(self) -> None:
         if self.problem is not None:
@@ -184,7 +188,18 @@ class MappingRunner:
                 self._waiting[shard.shard_id] = checkpoints.get(shard.shard_id)
                 continue  # parent before child
             position = self._start_position(shard, checkpoints.get(shard.shard_id))
-            consumer = ShardConsumer(self, shard, position, checkpoints.get(shard.shard_id))
+            consumer = ShardConsumer(
+                shard,
+                position,
+                checkpoints.get(shard.shard_id),
+                identity=self.identity,
+                source=self.source,
+                committer=self.committer,
+                handler=self.processor,
+                counters=self.counters,
+                status=self,
+                poll_settings=self.poll_settings,
+            )
             self._consumers[shard.shard_id] = consumer
             log.info("mapping %s: %s starts at %s", self.uuid, shard.shard_id, position)
             tg.start_soon(self._run_shard, consumer)

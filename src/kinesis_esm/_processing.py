@@ -37,7 +37,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
@@ -52,13 +52,12 @@ from ._failures import (
     parse_batch_response,
 )
 from ._lanes import Batch, Lane
+from ._ports import MappingIdentity, ShardHandle, StatusSink
 from ._records import Record
+from ._settings import RetrySettings
+from ._statistics import MappingCounters
 from .destinations import Destination, FailureReport, open_destination
-from .functions import InvokeResult
-
-if TYPE_CHECKING:
-    from ._mapping import MappingRunner
-    from ._shard import ShardConsumer
+from .functions import Function, InvokeResult
 
 __all__ = ["INVOKE_GRACE", "BatchProcessor", "wall_clock"]
 
@@ -80,28 +79,41 @@ DELIVERY_FAILED = "PROBLEM: On-failure destination delivery failed"
 class BatchProcessor:
     """One mapping's policy for its batches; ``process`` runs one lane batch to completion."""
 
-    def __init__(self, mapping: MappingRunner) -> None:
-        self.mapping = mapping
-        cfg = mapping.config
+    def __init__(
+        self,
+        identity: MappingIdentity,
+        function: Function,
+        *,
+        counters: MappingCounters,
+        status: StatusSink,
+        retry_settings: RetrySettings,
+    ) -> None:
+        self.identity = identity
+        self.function = function
+        self.counters = counters
+        self.status = status
+        self.retry_settings = retry_settings
+        cfg = identity.config
+        self.config = cfg
         self.report_item_failures = REPORT_BATCH_ITEM_FAILURES in cfg.function_response_types
         # kinesis-esm's own setting; Lambda's behaviour is "drop" (validated by the config)
         self.delivery_mode = cfg.on_failure_delivery
         target = cfg.destination_config.on_failure.destination
         self.destination: Destination | None = (
-            open_destination(target, region=mapping.region) if target else None
+            open_destination(target, region=identity.region) if target else None
         )
 
     async def aclose(self) -> None:
         if self.destination is not None:
             await self.destination.aclose()
 
-    def payload(self, shard: ShardConsumer, records: Sequence[Record]) -> Any:
+    def payload(self, shard: ShardHandle, records: Sequence[Record]) -> Any:
         # built afresh for every attempt: a handler that mutates its event cannot taint a retry
-        if self.mapping.function.input == "records":
+        if self.function.input == "records":
             return list(records)
         return build_event(shard.event_source, records)
 
-    async def process(self, shard: ShardConsumer, lane: Lane, batch: Batch) -> None:
+    async def process(self, shard: ShardHandle, lane: Lane, batch: Batch) -> None:
         await _BatchRun(self, shard, lane, batch).run()
 
 
@@ -109,21 +121,20 @@ class _BatchRun:
     """The processing of one lane batch: the plan, its back-off, and the settled prefix."""
 
     def __init__(
-        self, processor: BatchProcessor, shard: ShardConsumer, lane: Lane, batch: Batch
+        self, processor: BatchProcessor, shard: ShardHandle, lane: Lane, batch: Batch
     ) -> None:
         self.processor = processor
-        self.mapping = processor.mapping
         self.shard = shard
         self.lane = lane
         self.batch = batch
-        cfg = self.mapping.config
+        cfg = processor.config
         self.maximum_age = cfg.maximum_record_age_in_seconds
         self.plan = BatchPlan(
             len(batch),
             maximum_retry_attempts=cfg.maximum_retry_attempts,
             bisect=cfg.bisect_batch_on_function_error,
         )
-        settings = self.mapping.retry_settings
+        settings = processor.retry_settings
         self.backoff = Backoff(settings.initial, settings.maximum)
         self.settled = 0
 
@@ -159,7 +170,7 @@ class _BatchRun:
             await self.shard.commit()
 
     async def _invoke(self, records: Sequence[Record]) -> InvokeResult:
-        function = self.mapping.function
+        function = self.processor.function
         payload = self.processor.payload(self.shard, records)
         if getattr(function, "enforces_timeout", False):
             return await function.invoke(payload)  # no second timer per batch on the hot path
@@ -174,19 +185,19 @@ class _BatchRun:
     async def attempt(self, records: Sequence[Record]) -> Step | Discard | None:
         """Invoke the function once with ``records``; what the plan says next (None: the
         invocation could not be made)."""
-        mapping, shard, counters = self.mapping, self.shard, self.mapping.counters
+        processor, shard, counters = self.processor, self.shard, self.processor.counters
         n = len(records)
         age = wall_clock() - records[-1].approximate_arrival_timestamp
         shard.iterator_age_ms = max(0, int(age * 1000))
         try:
             result = await self._invoke(records)
         except Exception as exc:
-            mapping.last_processing_result = NOT_INVOKED
+            processor.status.processing_result(NOT_INVOKED)
             log.warning(
                 "%s %s: could not invoke %s with %d records %s (%s: %s); not counted as a retry",
-                mapping.uuid,
-                shard.shard.shard_id,
-                mapping.function.name,
+                processor.identity.uuid,
+                shard.shard_id,
+                processor.function.name,
                 n,
                 _span(records),
                 type(exc).__name__,
@@ -218,17 +229,16 @@ class _BatchRun:
                 self._problem(BATCH_ITEM_FAILURES, records, f"lowest failed record {failed}")
                 return self.plan.failed(completed=done, whole=False)
         counters.succeeded_events += n
-        mapping.last_processing_result = "OK"
+        processor.status.processing_result("OK")
         self.plan.succeeded()
         return "continue"
 
     def _problem(self, result: str, records: Sequence[Record], detail: str) -> None:
-        mapping = self.mapping
-        mapping.last_processing_result = result
+        self.processor.status.processing_result(result)
         log.warning(
             "%s %s: %s on %d records %s (%s)",
-            mapping.uuid,
-            self.shard.shard.shard_id,
+            self.processor.identity.uuid,
+            self.shard.shard_id,
             result.removeprefix("PROBLEM: "),
             len(records),
             _span(records),
@@ -237,27 +247,28 @@ class _BatchRun:
 
     async def discard(self, discard: Discard) -> bool:
         """Report (or drop) discarded records; False if the shard stopped before that."""
-        mapping, shard, counters = self.mapping, self.shard, self.mapping.counters
+        processor, shard, counters = self.processor, self.shard, self.processor.counters
+        uuid_, identity = processor.identity.uuid, processor.identity
         records = self.batch.records[discard.start : discard.end]
-        n, shard_id, now = len(records), shard.shard.shard_id, wall_clock()
+        n, shard_id, now = len(records), shard.shard_id, wall_clock()
         what = f"{n} records {_span(records)} of {shard_id} ({discard.condition})"
         destination = self.processor.destination
         if destination is None:
             counters.dropped_events += n
-            dropped_log.error("%s: dropped %s: no on-failure destination", mapping.uuid, what)
+            dropped_log.error("%s: dropped %s: no on-failure destination", uuid_, what)
             return True
         record = failure_report(
             discard,
             records,
             request_id=discard.request_id or str(uuid.uuid4()),
-            function_arn=mapping.function.arn,
+            function_arn=processor.function.arn,
             shard_id=shard_id,
-            stream_arn=mapping.stream_arn,
+            stream_arn=identity.stream_arn,
             now=now,
         )
         event = build_event(shard.event_source, records)
-        report = FailureReport(record, event, mapping.uuid, shard_id, now, n)
-        settings = mapping.retry_settings
+        report = FailureReport(record, event, uuid_, shard_id, now, n)
+        settings = processor.retry_settings
         backoff = Backoff(settings.initial, settings.maximum)
         while True:
             try:
@@ -268,17 +279,17 @@ class _BatchRun:
                     counters.dropped_events += n
                     dropped_log.error(
                         "%s: dropped %s: %s could not take the report: %s",
-                        mapping.uuid,
+                        uuid_,
                         what,
                         destination.target,
                         exc,
                     )
                     return True
-                mapping.last_processing_result = DELIVERY_FAILED
+                processor.status.processing_result(DELIVERY_FAILED)
                 delay = backoff.next_delay()
                 log.warning(
                     "%s: cannot report %s to %s (%s); shard waits, retry in %.2fs",
-                    mapping.uuid,
+                    uuid_,
                     what,
                     destination.target,
                     exc,
@@ -288,7 +299,7 @@ class _BatchRun:
                     return False
                 continue
             counters.on_failure_delivered_events += n
-            log.warning("%s: discarded %s; reported to %s", mapping.uuid, what, destination.target)
+            log.warning("%s: discarded %s; reported to %s", uuid_, what, destination.target)
             return True
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import anyio
 
@@ -25,49 +23,53 @@ from ._errors import (
     ThrottledError,
     TrimmedPositionError,
 )
-from ._events import MAX_EVENT_BYTES, EventSource, event_record_overhead
+from ._events import MAX_EVENT_BYTES, event_record_overhead
 from ._lanes import Lane, ShardScheduler
+from ._ports import BatchHandler, CheckpointCommitter, MappingIdentity, StatusSink
 from ._records import Record
-from ._statistics import ShardStatistics
-from .source import ChildShard, GetRecordsResult, IteratorPosition, ShardInfo
+from ._settings import PollSettings
+from ._statistics import MappingCounters, ShardStatistics
+from .source import ChildShard, GetRecordsResult, IteratorPosition, ShardInfo, StreamSource
 from .state import SHARD_END
 
-if TYPE_CHECKING:
-    from ._mapping import MappingRunner
-
-__all__ = ["PollSettings", "ShardConsumer"]
+__all__ = ["ShardConsumer"]
 
 log = logging.getLogger("kinesis_esm.shard")
 
 
-@dataclass(frozen=True, slots=True)
-class PollSettings:
-    base_interval: float = 1.0  # Lambda's base rate: one poll per second per shard
-    min_interval: float = 0.2  # Kinesis allows five GetRecords per second per shard
-    max_records_per_call: int = 10_000
-    error_backoff_initial: float = 0.2
-    error_backoff_max: float = 10.0
-    problem_backoff_max: float = 60.0  # deleted stream, missing permission
-
-
 class ShardConsumer:
+    """One shard of one mapping. It knows the mapping only through the small objects it is
+    given: identity and settings, the source, a checkpoint committer, a batch handler, and the
+    sinks for counts and status."""
+
     def __init__(
         self,
-        mapping: MappingRunner,
         shard: ShardInfo,
         position: IteratorPosition,
         checkpoint: str | None,
+        *,
+        identity: MappingIdentity,
+        source: StreamSource,
+        committer: CheckpointCommitter,
+        handler: BatchHandler,
+        counters: MappingCounters,
+        status: StatusSink,
+        poll_settings: PollSettings,
     ) -> None:
-        self.mapping = mapping
         self.shard = shard
         self.position = position
-        cfg = mapping.config
+        self.identity = identity
+        self.source = source
+        self.committer = committer
+        self.handler = handler
+        self.counters = counters
+        self.status = status
+        self.poll_settings = poll_settings
+        cfg = identity.config
         self.config = cfg
         self.scheduler = ShardScheduler(cfg.parallelization_factor)
         self.max_buffered = cfg.buffered_records_limit
-        self.event_source = EventSource(
-            mapping.stream_arn, shard.shard_id, mapping.region, mapping.invoke_identity_arn
-        )
+        self.event_source = identity.event_source(shard.shard_id)
         self.overhead = event_record_overhead(self.event_source)
         self.state = "polling"
         self.checkpoint = checkpoint
@@ -99,9 +101,7 @@ class ShardConsumer:
             self._polling_done = True
             self._wake_all()
         if self.ended and not self._stopping and self.scheduler.buffered == 0:
-            await self.mapping.store.set_checkpoint(
-                self.mapping.uuid, self.shard.shard_id, SHARD_END
-            )
+            await self.committer.commit(self.shard.shard_id, SHARD_END)
             self.checkpoint = SHARD_END
             self.state = "ended"
             return True
@@ -120,6 +120,10 @@ class ShardConsumer:
     def stopping(self) -> bool:
         return self._stopping
 
+    @property
+    def shard_id(self) -> str:
+        return self.shard.shard_id
+
     def _wake_all(self) -> None:
         for event in self._lane_events:
             event.set()
@@ -133,11 +137,11 @@ class ShardConsumer:
         return self.position
 
     async def _poll_loop(self) -> None:
-        settings = self.mapping.poll_settings
-        source = self.mapping.source
-        arn = self.mapping.stream_arn
+        settings = self.poll_settings
+        source = self.source
+        arn = self.identity.stream_arn
         shard_id = self.shard.shard_id
-        counters = self.mapping.counters
+        counters = self.counters
         backoff = Backoff(settings.error_backoff_initial, settings.error_backoff_max)
         iterator: str | None = None
         last_call = -1e9
@@ -182,7 +186,7 @@ class ShardConsumer:
                 await self._source_failed(exc, backoff)
                 continue
             backoff.reset()
-            self.mapping.source_recovered()
+            self.status.source_recovered()
             records = result.records
             self.millis_behind_latest = result.millis_behind_latest
             if records:
@@ -213,7 +217,7 @@ class ShardConsumer:
     def _restart_after_trim(self, position: IteratorPosition, exc: SourceError) -> None:
         # The checkpoint is older than the stream's retention: what lay between is gone. Count
         # the gap, say so loudly, and go on from the oldest record rather than loop or crash.
-        self.mapping.counters.retention_gaps += 1
+        self.counters.retention_gaps += 1
         log.error(
             "%s: %s is no longer in the stream (%s); records after it were trimmed by retention "
             "and are lost; restarting at TRIM_HORIZON",
@@ -225,14 +229,14 @@ class ShardConsumer:
         self.position = IteratorPosition("TRIM_HORIZON")
 
     async def _source_failed(self, exc: SourceError, backoff: Backoff) -> None:
-        counters = self.mapping.counters
+        counters = self.counters
         counters.source_errors += 1
         delay = backoff.next_delay()
         if isinstance(exc, ThrottledError):
             counters.throttles += 1
         if isinstance(exc, StreamNotFoundError | AccessDeniedError):
-            self.mapping.source_problem(exc)
-            delay = min(self.mapping.poll_settings.problem_backoff_max, delay * 4)
+            self.status.source_problem(exc)
+            delay = min(self.poll_settings.problem_backoff_max, delay * 4)
         log.warning("%s: %s; retrying in %.1fs", self.shard.shard_id, exc, delay)
         await anyio.sleep(delay)
 
@@ -256,7 +260,7 @@ class ShardConsumer:
     async def _lane_loop(self, lane: Lane) -> None:
         cfg = self.config
         window = cfg.maximum_batching_window_in_seconds
-        processor = self.mapping.processor
+        handler = self.handler
         window_start = time.monotonic()
         while not self._stopping:
             if lane.count == 0:
@@ -272,14 +276,14 @@ class ShardConsumer:
             n = batch_count(lane.peek(cfg.batch_size), cfg.batch_size, self.overhead)
             batch = lane.take(n)
             if n == 1 and self._oversized(batch.records[0]):
-                self.mapping.counters.oversized_batches += 1
+                self.counters.oversized_batches += 1
                 log.warning(
                     "%s: record %s exceeds the 6 MB event limit; sending it alone",
                     self.shard.shard_id,
                     batch.records[0].sequence_number,
                 )
             self.records_invoked += n
-            await processor.process(self, lane, batch)
+            await handler.process(self, lane, batch)
             window_start = time.monotonic()
             await self.commit()
 
@@ -291,9 +295,7 @@ class ShardConsumer:
         async with self._commit_lock:
             sequence = self.scheduler.update_low_water()
             if sequence is not None:
-                await self.mapping.store.set_checkpoint(
-                    self.mapping.uuid, self.shard.shard_id, sequence
-                )
+                await self.committer.commit(self.shard.shard_id, sequence)
                 self.checkpoint = sequence
         self._space.set()
 

@@ -1,0 +1,92 @@
+"""What a shard's pipeline needs from the mapping around it, as small objects and Protocols.
+
+A shard consumer and a batch processor receive these instead of the mapping runner, so either
+can be built and tested alone, and nothing in the pipeline imports the layers above it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ._config import EventSourceMappingConfig
+from ._errors import SourceError
+from ._events import EventSource
+from ._lanes import Batch, Lane
+from .state import CheckpointStore
+
+__all__ = [
+    "BatchHandler",
+    "CheckpointCommitter",
+    "MappingIdentity",
+    "ShardHandle",
+    "StatusSink",
+    "StoreCommitter",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class MappingIdentity:
+    """A mapping's identity and settings, as its shards and batches see them."""
+
+    uuid: str
+    config: EventSourceMappingConfig
+    invoke_identity_arn: str
+
+    @property
+    def stream_arn(self) -> str:
+        return self.config.stream_arn
+
+    @property
+    def region(self) -> str:
+        return self.config.region
+
+    def event_source(self, shard_id: str) -> EventSource:
+        return EventSource(self.stream_arn, shard_id, self.region, self.invoke_identity_arn)
+
+
+class StatusSink(Protocol):
+    """Where a mapping's LastProcessingResult and source problems are reported."""
+
+    def source_problem(self, exc: SourceError) -> None: ...
+
+    def source_recovered(self) -> None: ...
+
+    def processing_result(self, result: str) -> None: ...
+
+
+class CheckpointCommitter(Protocol):
+    """Writes one mapping's shard checkpoints (the place where a lease fences them)."""
+
+    async def commit(self, shard_id: str, sequence: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCommitter:
+    """Checkpoints straight into a CheckpointStore, under the mapping's UUID."""
+
+    store: CheckpointStore
+    uuid: str
+
+    async def commit(self, shard_id: str, sequence: str) -> None:
+        await self.store.set_checkpoint(self.uuid, shard_id, sequence)
+
+
+class ShardHandle(Protocol):
+    """What a batch processor needs of the shard whose batch it runs."""
+
+    event_source: EventSource
+    iterator_age_ms: int | None
+
+    @property
+    def shard_id(self) -> str: ...
+
+    async def commit(self) -> None: ...
+
+    async def sleep_unless_stopped(self, delay: float) -> bool: ...
+
+
+class BatchHandler(Protocol):
+    """Runs one lane batch to completion (the shard commits after it returns)."""
+
+    async def process(self, shard: ShardHandle, lane: Lane, batch: Batch) -> None: ...

@@ -45,7 +45,7 @@ from kinesis_esm import (
     Record,
     build_event,
 )
-from kinesis_esm._events import EventSource
+from kinesis_esm.events._lambda import EventSource
 
 from .harness import (
     Meter,

@@ -13,15 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kinesis_esm._batching import EVENT_ENVELOPE_BYTES, batch_count, event_bytes
-from kinesis_esm._events import (
+from kinesis_esm.events._lambda import (
     MAX_EVENT_BYTES,
     EventSource,
     build_event,
     event_record_overhead,
     record_event_size,
 )
-from kinesis_esm._records import Record
+from kinesis_esm.events._record import Record
+from kinesis_esm.pipeline._batching import EVENT_ENVELOPE_BYTES, batch_count, event_bytes
 
 SOURCE = EventSource(
     "arn:aws:kinesis:eu-central-1:123456789012:stream/orders-stream",

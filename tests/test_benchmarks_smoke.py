@@ -23,7 +23,7 @@ from botocore.credentials import ReadOnlyCredentials
 
 from kinesis_esm import KinesisSource, build_event
 from kinesis_esm._errors import SourceError, TransientSourceError
-from kinesis_esm._events import EventSource
+from kinesis_esm.events._lambda import EventSource
 from kinesis_esm.source import IteratorPosition
 from kinesis_esm.source._kinesis import SigV4
 from tests.support.emulators import Kinesalite

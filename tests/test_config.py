@@ -15,7 +15,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kinesis_esm._config import (
+from kinesis_esm.config._daemon import (
+    ControlConfig,
+    DaemonConfig,
+    FunctionConfig,
+    KinesisConfig,
+    StateConfig,
+)
+from kinesis_esm.config._file import load_config, parse_config
+from kinesis_esm.config._mapping import (
     ConfigError,
     DestinationConfig,
     EventSourceMappingConfig,
@@ -26,14 +34,6 @@ from kinesis_esm._config import (
     stable_uuid,
     unsupported_features,
 )
-from kinesis_esm._config_daemon import (
-    ControlConfig,
-    DaemonConfig,
-    FunctionConfig,
-    KinesisConfig,
-    StateConfig,
-)
-from kinesis_esm._config_file import load_config, parse_config
 
 STREAM = "arn:aws:kinesis:us-east-1:000000000000:stream/orders"
 CONSUMER = f"{STREAM}/consumer/esm-consumer:1700000000"

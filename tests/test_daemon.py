@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from kinesis_esm import stable_uuid
-from kinesis_esm._engine import SUPPORTED_FEATURES
-from kinesis_esm.cli import main as cli_main
+from kinesis_esm.cli._main import main as cli_main
+from kinesis_esm.engine._engine import SUPPORTED_FEATURES
 from tests.support.kinesis import (
     KinesisClient,
     StreamRecord,

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from kinesis_esm._failures import s3_body
 from kinesis_esm.destinations import (
     DestinationError,
     FailureReport,
@@ -20,6 +19,7 @@ from kinesis_esm.destinations import (
     SQSDestination,
     open_destination,
 )
+from kinesis_esm.policy._failures import s3_body
 from tests.support.destinations import (
     ACCOUNT,
     REGION,

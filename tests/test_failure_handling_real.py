@@ -29,8 +29,8 @@ from kinesis_esm import (
     PollSettings,
     RetrySettings,
 )
-from kinesis_esm import _processing as processing
-from kinesis_esm._failures import iso_millis
+from kinesis_esm.pipeline import _processor as processing
+from kinesis_esm.policy._failures import iso_millis
 from tests.support.destinations import (
     aws_client,
     create_bucket,

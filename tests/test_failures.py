@@ -10,7 +10,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from kinesis_esm._failures import (
+from kinesis_esm.events._record import Record
+from kinesis_esm.policy._failures import (
     RECORD_AGE_EXCEEDED,
     RETRY_ATTEMPTS_EXHAUSTED,
     BatchPlan,
@@ -22,7 +23,6 @@ from kinesis_esm._failures import (
     s3_body,
     s3_object_key,
 )
-from kinesis_esm._records import Record
 
 SEQS = ["49590338271490256608559692538361571095921575989136588898", "4959033827149025660855969"]
 

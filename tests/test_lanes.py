@@ -26,8 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kinesis_esm._lanes import Batch, ShardScheduler, default_lane_of
-from kinesis_esm._records import Record
+from kinesis_esm.events._record import Record
+from kinesis_esm.pipeline._lanes import Batch, ShardScheduler, default_lane_of
 
 SEQ_BASE = 10**20
 

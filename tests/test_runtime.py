@@ -20,7 +20,7 @@ from kinesis_esm import (
     SQLiteCheckpointStore,
     stable_uuid,
 )
-from kinesis_esm._runtime import MappingError, Runtime
+from kinesis_esm.runtime._runtime import MappingError, Runtime
 from kinesis_esm.state._mappings import MappingStore, config_from_dict, config_to_dict
 from tests.support.kinesis import wait_for
 

@@ -231,7 +231,7 @@ def daemon_command(config: Path) -> list[str]:
     script = Path(sys.executable).with_name("kinesis-esm")
     if script.exists():
         return [str(script), "--log-level", "WARNING", "run", "--config", str(config)]
-    code = "import sys; from kinesis_esm.cli import main; sys.exit(main())"
+    code = "import sys; from kinesis_esm.cli._main import main; sys.exit(main())"
     return [sys.executable, "-c", code, "--log-level", "WARNING", "run", "--config", str(config)]
 
 

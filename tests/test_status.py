@@ -15,8 +15,8 @@ import pytest
 from rich.console import Console
 
 from kinesis_esm import EventSourceMappingConfig, stable_uuid
-from kinesis_esm._config_daemon import ControlConfig
-from kinesis_esm._status import StatusSource, render, run_status
+from kinesis_esm.cli._status import StatusSource, render, run_status
+from kinesis_esm.config._daemon import ControlConfig
 from tests.support.control import call, lambda_client, running_daemon
 from tests.support.kinesis import create_stream, kinesis_client, put_records, wait_for
 

@@ -6,7 +6,11 @@ Embedding::
         await engine.add_mapping(EventSourceMappingConfig(...), handler)
 """
 
-from ._config import (
+from ._errors import FunctionError, KinesisESMError, SourceError
+from ._statistics import EngineStatistics, MappingCounters, MappingStatistics, ShardStatistics
+from .config._daemon import DaemonConfig, FunctionConfig, KinesisConfig, StateConfig
+from .config._file import load_config
+from .config._mapping import (
     ConfigError,
     DestinationConfig,
     EventSourceMappingConfig,
@@ -16,16 +20,12 @@ from ._config import (
     OnFailure,
     stable_uuid,
 )
-from ._config_daemon import DaemonConfig, FunctionConfig, KinesisConfig, StateConfig
-from ._config_file import load_config
-from ._engine import Engine
-from ._errors import FunctionError, KinesisESMError, SourceError
-from ._events import LambdaContext, build_event
-from ._gc import tune_gc
-from ._records import Record
-from ._settings import PollSettings, RetrySettings
-from ._statistics import EngineStatistics, MappingCounters, MappingStatistics, ShardStatistics
+from .engine._engine import Engine
+from .engine._gc import tune_gc
+from .events._lambda import LambdaContext, build_event
+from .events._record import Record
 from .functions import CallableFunction, InvokeResult
+from .pipeline._settings import PollSettings, RetrySettings
 from .source import KinesisSource, MemoryStream
 from .state import MemoryCheckpointStore, SQLiteCheckpointStore
 

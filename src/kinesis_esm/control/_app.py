@@ -19,8 +19,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .. import __version__
-from .._config_daemon import ControlConfig
-from .._runtime import MappingError, Runtime
+from ..config._daemon import ControlConfig
+from ..runtime._runtime import MappingError, Runtime
 from ._auth import Authenticator, AuthError, Request
 from ._metrics import registry_for
 from ._wire import (

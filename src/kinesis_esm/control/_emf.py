@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import anyio
 
-from .._runtime_model import MappingStatus
+from ..runtime._model import MappingStatus
 
 __all__ = ["NAMESPACE", "emf_records", "run_emf"]
 

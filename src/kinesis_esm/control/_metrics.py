@@ -17,7 +17,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .._runtime_model import DURATION_BUCKETS, MappingStatus
+from ..runtime._model import DURATION_BUCKETS, MappingStatus
 
 __all__ = ["COUNTERS", "RuntimeCollector", "registry_for"]
 

@@ -15,8 +15,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._config import DestinationConfig, Filter, FilterCriteria, OnFailure
-from .._runtime_model import MappingView
+from ..config._mapping import DestinationConfig, Filter, FilterCriteria, OnFailure
+from ..runtime._model import MappingView
 
 __all__ = [
     "STATUS",

@@ -19,7 +19,7 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from .._failures import s3_body, s3_object_key
+from ..policy._failures import s3_body, s3_object_key
 from ._protocol import DestinationError, FailureReport
 
 __all__ = ["S3Destination", "SNSDestination", "SQSDestination"]

@@ -16,7 +16,7 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from .._failures import s3_body
+from ..policy._failures import s3_body
 from ._protocol import DestinationError, FailureReport
 
 __all__ = ["FileDestination"]

@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from .._events import LambdaContext
+from ..events._lambda import LambdaContext
 
 __all__ = ["CallableFunction", "InvokeResult"]
 

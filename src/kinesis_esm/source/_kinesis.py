@@ -46,7 +46,7 @@ from .._errors import (
     TransientSourceError,
     TrimmedPositionError,
 )
-from .._records import Record
+from ..events._record import Record
 from ._protocol import ChildShard, GetRecordsResult, IteratorPosition, ShardInfo
 
 __all__ = ["KinesisSource", "stream_name_from_arn"]

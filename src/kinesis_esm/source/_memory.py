@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from .._errors import ExpiredIteratorError, StreamNotFoundError
-from .._records import Record
+from ..events._record import Record
 from ._protocol import ChildShard, GetRecordsResult, IteratorPosition, ShardInfo
 
 __all__ = ["MemoryStream"]

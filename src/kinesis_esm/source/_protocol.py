@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from .._records import Record
+from ..events._record import Record
 
 __all__ = ["ChildShard", "GetRecordsResult", "IteratorPosition", "ShardInfo", "StreamSource"]
 

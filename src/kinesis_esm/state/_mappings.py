@@ -16,7 +16,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .._config import (
+from ..config._mapping import (
     DestinationConfig,
     EventSourceMappingConfig,
     Filter,

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from ._records import Record
+from ._record import Record
 
 __all__ = ["EventSource", "LambdaContext", "build_event", "event_record_overhead"]
 

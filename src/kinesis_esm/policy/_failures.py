@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 import orjson
 
-from ._records import Record
+from ..events._record import Record
 
 __all__ = [
     "RECORD_AGE_EXCEEDED",

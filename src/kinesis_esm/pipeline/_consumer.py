@@ -13,9 +13,8 @@ import time
 
 import anyio
 
-from ._backoff import Backoff
-from ._batching import batch_count, event_bytes
-from ._errors import (
+from .._backoff import Backoff
+from .._errors import (
     AccessDeniedError,
     ExpiredIteratorError,
     SourceError,
@@ -23,14 +22,15 @@ from ._errors import (
     ThrottledError,
     TrimmedPositionError,
 )
-from ._events import MAX_EVENT_BYTES, event_record_overhead
+from .._statistics import MappingCounters, ShardStatistics
+from ..events._lambda import MAX_EVENT_BYTES, event_record_overhead
+from ..events._record import Record
+from ..source import ChildShard, GetRecordsResult, IteratorPosition, ShardInfo, StreamSource
+from ..state import SHARD_END
+from ._batching import batch_count, event_bytes
 from ._lanes import Lane, ShardScheduler
 from ._ports import BatchHandler, CheckpointCommitter, MappingIdentity, StatusSink
-from ._records import Record
 from ._settings import PollSettings
-from ._statistics import MappingCounters, ShardStatistics
-from .source import ChildShard, GetRecordsResult, IteratorPosition, ShardInfo, StreamSource
-from .state import SHARD_END
 
 __all__ = ["ShardConsumer"]
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
-from ._records import Record
+from ..events._record import Record
 
 __all__ = ["Batch", "Lane", "ShardScheduler"]
 

@@ -41,9 +41,13 @@ from typing import Any
 
 import anyio
 
-from ._backoff import Backoff
-from ._events import build_event
-from ._failures import (
+from .._backoff import Backoff
+from .._statistics import MappingCounters
+from ..destinations import Destination, FailureReport, open_destination
+from ..events._lambda import build_event
+from ..events._record import Record
+from ..functions import Function, InvokeResult
+from ..policy._failures import (
     BatchPlan,
     Discard,
     Step,
@@ -53,11 +57,7 @@ from ._failures import (
 )
 from ._lanes import Batch, Lane
 from ._ports import MappingIdentity, ShardHandle, StatusSink
-from ._records import Record
 from ._settings import RetrySettings
-from ._statistics import MappingCounters
-from .destinations import Destination, FailureReport, open_destination
-from .functions import Function, InvokeResult
 
 __all__ = ["INVOKE_GRACE", "BatchProcessor", "wall_clock"]
 

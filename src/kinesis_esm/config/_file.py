@@ -29,7 +29,8 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._config import (
+from ._daemon import ControlConfig, DaemonConfig, FunctionConfig, KinesisConfig, StateConfig
+from ._mapping import (
     ConfigError,
     DestinationConfig,
     EventSourceMappingConfig,
@@ -37,7 +38,6 @@ from ._config import (
     FilterCriteria,
     OnFailure,
 )
-from ._config_daemon import ControlConfig, DaemonConfig, FunctionConfig, KinesisConfig, StateConfig
 
 __all__ = ["load_config", "parse_config"]
 

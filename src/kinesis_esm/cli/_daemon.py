@@ -12,17 +12,17 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._config import EventSourceMappingConfig
-from ._config_daemon import DaemonConfig, KinesisConfig
-from ._engine import Engine
-from ._errors import StreamNotFoundError
-from ._runtime import Runtime
-from ._statistics import EngineStatistics
-from .control import ControlServer
-from .control._emf import run_emf
-from .source import KinesisSource
-from .state import SQLiteCheckpointStore
-from .state._mappings import MappingStore
+from .._errors import StreamNotFoundError
+from .._statistics import EngineStatistics
+from ..config._daemon import DaemonConfig, KinesisConfig
+from ..config._mapping import EventSourceMappingConfig
+from ..control import ControlServer
+from ..control._emf import run_emf
+from ..engine._engine import Engine
+from ..runtime._runtime import Runtime
+from ..source import KinesisSource
+from ..state import SQLiteCheckpointStore
+from ..state._mappings import MappingStore
 
 __all__ = ["KinesisStreamCheck", "format_progress", "run_daemon"]
 

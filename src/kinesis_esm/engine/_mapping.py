@@ -14,16 +14,16 @@ import time
 
 import anyio
 
-from ._config import EventSourceMappingConfig, stable_uuid
-from ._errors import SourceError
-from ._ports import MappingIdentity, StoreCommitter
-from ._processing import BatchProcessor
-from ._settings import PollSettings, RetrySettings
-from ._shard import ShardConsumer
-from ._statistics import MappingCounters, MappingStatistics, waiting_statistics
-from .functions import Function
-from .source import IteratorPosition, ShardInfo, StreamSource
-from .state import SHARD_END, CheckpointStore
+from .._errors import SourceError
+from .._statistics import MappingCounters, MappingStatistics, waiting_statistics
+from ..config._mapping import EventSourceMappingConfig, stable_uuid
+from ..functions import Function
+from ..pipeline._consumer import ShardConsumer
+from ..pipeline._ports import MappingIdentity, StoreCommitter
+from ..pipeline._processor import BatchProcessor
+from ..pipeline._settings import PollSettings, RetrySettings
+from ..source import IteratorPosition, ShardInfo, StreamSource
+from ..state import SHARD_END, CheckpointStore
 
 __all__ = ["MappingRunner"]
 

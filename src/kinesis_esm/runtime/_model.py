@@ -9,11 +9,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ._config import EventSourceMappingConfig
-from ._config_daemon import FunctionConfig
-from ._statistics import MappingStatistics, ShardStatistics
-from .functions import Function, InvokeResult
-from .state._mappings import Origin, StoredMapping, config_to_dict
+from .._statistics import MappingStatistics, ShardStatistics
+from ..config._daemon import FunctionConfig
+from ..config._mapping import EventSourceMappingConfig
+from ..functions import Function, InvokeResult
+from ..state._mappings import Origin, StoredMapping, config_to_dict
 
 __all__ = [
     "DURATION_BUCKETS",

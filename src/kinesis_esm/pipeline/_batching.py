@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from itertools import accumulate
 from operator import attrgetter
 
-from ._events import MAX_EVENT_BYTES, record_event_size
-from ._records import Record
+from ..events._lambda import MAX_EVENT_BYTES, record_event_size
+from ..events._record import Record
 
 __all__ = ["EVENT_ENVELOPE_BYTES", "batch_count"]
 

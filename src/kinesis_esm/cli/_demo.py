@@ -25,13 +25,13 @@ from typing import Any
 import anyio
 from aiobotocore.session import get_session
 
-from ._config import EventSourceMappingConfig
-from ._config_daemon import KinesisConfig
+from ..config._daemon import KinesisConfig
+from ..config._mapping import EventSourceMappingConfig
+from ..engine._engine import Engine
+from ..examples import handler as example_handler
+from ..functions import CallableFunction
+from ..state import SQLiteCheckpointStore
 from ._daemon import format_progress
-from ._engine import Engine
-from .examples import handler as example_handler
-from .functions import CallableFunction
-from .state import SQLiteCheckpointStore
 
 __all__ = ["run_demo"]
 

@@ -9,7 +9,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from ._config import (
+from ._mapping import (
     _FUNCTION_REF,
     _REGION,
     RESOURCE_CONFLICT,

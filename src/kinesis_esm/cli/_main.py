@@ -13,9 +13,9 @@ from typing import Any
 
 import anyio
 
-from ._config import ConfigError
-from ._config_file import load_config
-from ._gc import tune_gc
+from ..config._file import load_config
+from ..config._mapping import ConfigError
+from ..engine._gc import tune_gc
 
 __all__ = ["main"]
 
@@ -129,8 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kinesis-esm: {exc}", file=sys.stderr)
         return 2
     if args.command == "validate":
-        from ._config import unsupported_features
-        from ._engine import SUPPORTED_FEATURES
+        from ..config._mapping import unsupported_features
+        from ..engine._engine import SUPPORTED_FEATURES
 
         try:  # what run would refuse, validate refuses too
             for i, mapping in enumerate(config.event_source_mappings):

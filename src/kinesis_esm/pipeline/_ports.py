@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ._config import EventSourceMappingConfig
-from ._errors import SourceError
-from ._events import EventSource
+from .._errors import SourceError
+from ..config._mapping import EventSourceMappingConfig
+from ..events._lambda import EventSource
+from ..state import CheckpointStore
 from ._lanes import Batch, Lane
-from .state import CheckpointStore
 
 __all__ = [
     "BatchHandler",

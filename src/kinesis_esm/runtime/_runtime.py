@@ -29,16 +29,19 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._config import (
+from .._statistics import MappingStatistics
+from ..config._daemon import DaemonConfig, FunctionConfig
+from ..config._mapping import (
     INVALID_PARAMETER_VALUE,
     ConfigError,
     EventSourceMappingConfig,
     stable_uuid,
     unsupported_features,
 )
-from ._config_daemon import DaemonConfig, FunctionConfig
-from ._engine import SUPPORTED_FEATURES, Engine
-from ._runtime_model import (
+from ..engine._engine import SUPPORTED_FEATURES, Engine
+from ..functions import CallableFunction, load_handler
+from ..state._mappings import MappingStore, StoredMapping, config_from_dict, config_to_dict
+from ._model import (
     DELETE_IN_USE_MESSAGE,
     NOT_FOUND_MESSAGE,
     RESOURCE_CONFLICT,
@@ -54,9 +57,6 @@ from ._runtime_model import (
     MeteredFunction,
     function_arn,
 )
-from ._statistics import MappingStatistics
-from .functions import CallableFunction, load_handler
-from .state._mappings import MappingStore, StoredMapping, config_from_dict, config_to_dict
 
 __all__ = ["MappingError", "MappingStatus", "MappingView", "Runtime"]
 

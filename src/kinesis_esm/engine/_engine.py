@@ -14,14 +14,14 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._config import EventSourceMappingConfig, unsupported_features
-from ._config_daemon import KinesisConfig
+from .._statistics import EngineStatistics, MappingStatistics
+from ..config._daemon import KinesisConfig
+from ..config._mapping import EventSourceMappingConfig, unsupported_features
+from ..functions import CallableFunction, Function
+from ..pipeline._settings import PollSettings, RetrySettings
+from ..source import KinesisSource, StreamSource
+from ..state import CheckpointStore, MemoryCheckpointStore, SQLiteCheckpointStore
 from ._mapping import MappingRunner
-from ._settings import PollSettings, RetrySettings
-from ._statistics import EngineStatistics, MappingStatistics
-from .functions import CallableFunction, Function
-from .source import KinesisSource, StreamSource
-from .state import CheckpointStore, MemoryCheckpointStore, SQLiteCheckpointStore
 
 __all__ = ["SUPPORTED_FEATURES", "Engine"]
 

@@ -110,7 +110,7 @@ async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
 class HttpFunction:
     """POSTs each batch's Lambda event to ``url``; the answer is the function's result."""
 
-    input: Literal["event"] = "event"
+    input: Literal["event", "records"] = "event"  # a remote function takes the event
 
     def __init__(
         self,

@@ -172,7 +172,7 @@ class LambdaInvokeFunction:
     One aiobotocore client serves every invocation, created on the first; ``aclose()`` closes it.
     """
 
-    input: Literal["event"] = "event"
+    input: Literal["event", "records"] = "event"  # a remote function takes the event
 
     def __init__(
         self,

@@ -15,22 +15,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kinesis_esm.config._daemon import (
+from kinesis_esm.config import (
+    ConfigError,
     ControlConfig,
     DaemonConfig,
-    FunctionConfig,
-    KinesisConfig,
-    StateConfig,
-)
-from kinesis_esm.config._file import load_config, parse_config
-from kinesis_esm.config._mapping import (
-    ConfigError,
     DestinationConfig,
     EventSourceMappingConfig,
     Filter,
     FilterCriteria,
+    FunctionConfig,
+    KinesisConfig,
     NotSupportedYetError,
     OnFailure,
+    StateConfig,
+    load_config,
+    parse_config,
     stable_uuid,
     unsupported_features,
 )

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kinesis_esm.config._daemon import ControlConfig
+from kinesis_esm.config import ControlConfig
 from kinesis_esm.control import MAX_BODY_BYTES
 from tests.support.control import ACCOUNT, call, lambda_client, running_daemon
 from tests.support.kinesis import create_stream, kinesis_client, put_records, wait_for

@@ -18,7 +18,7 @@ import anyio.abc
 import pytest
 from anyio.streams.text import TextReceiveStream
 
-from kinesis_esm.config._daemon import ControlConfig
+from kinesis_esm.config import ControlConfig
 from tests.support.control import (
     ACCOUNT,
     aws_cli,

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from kinesis_esm import EventSourceMappingConfig, stable_uuid
 from kinesis_esm.cli._status import StatusSource, render, run_status
-from kinesis_esm.config._daemon import ControlConfig
+from kinesis_esm.config import ControlConfig
 from tests.support.control import call, lambda_client, running_daemon
 from tests.support.kinesis import create_stream, kinesis_client, put_records, wait_for
 

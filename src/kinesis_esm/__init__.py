@@ -8,19 +8,22 @@ Embedding::
 
 from ._errors import FunctionError, KinesisESMError, SourceError
 from ._statistics import EngineStatistics, MappingCounters, MappingStatistics, ShardStatistics
-from .config._daemon import DaemonConfig, FunctionConfig, KinesisConfig, StateConfig
-from .config._file import load_config
-from .config._mapping import (
+from .config import (
     ConfigError,
+    DaemonConfig,
     DestinationConfig,
     EventSourceMappingConfig,
     Filter,
     FilterCriteria,
+    FunctionConfig,
+    KinesisConfig,
     NotSupportedYetError,
     OnFailure,
+    StateConfig,
+    load_config,
     stable_uuid,
 )
-from .engine._engine import Engine
+from .engine import Engine
 from .engine._gc import tune_gc
 from .events._lambda import LambdaContext, build_event
 from .events._record import Record

@@ -21,7 +21,7 @@ from botocore.config import Config
 
 from kinesis_esm import DaemonConfig, EventSourceMappingConfig, FunctionConfig, KinesisConfig
 from kinesis_esm.cli._daemon import run_daemon
-from kinesis_esm.config._daemon import ControlConfig, StateConfig
+from kinesis_esm.config import ControlConfig, StateConfig
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account

@@ -14,11 +14,10 @@ import anyio.abc
 
 from .._errors import StreamNotFoundError
 from .._statistics import EngineStatistics
-from ..config._daemon import DaemonConfig, KinesisConfig
-from ..config._mapping import EventSourceMappingConfig
+from ..config import DaemonConfig, EventSourceMappingConfig, KinesisConfig
 from ..control import ControlServer
 from ..control._emf import run_emf
-from ..engine._engine import Engine
+from ..engine import Engine
 from ..runtime._runtime import Runtime
 from ..source import KinesisSource
 from ..state import SQLiteCheckpointStore

@@ -25,9 +25,8 @@ from typing import Any
 import anyio
 from aiobotocore.session import get_session
 
-from ..config._daemon import KinesisConfig
-from ..config._mapping import EventSourceMappingConfig
-from ..engine._engine import Engine
+from ..config import EventSourceMappingConfig, KinesisConfig
+from ..engine import Engine
 from ..examples import handler as example_handler
 from ..functions import CallableFunction
 from ..state import SQLiteCheckpointStore

@@ -13,8 +13,7 @@ from typing import Any
 
 import anyio
 
-from ..config._file import load_config
-from ..config._mapping import ConfigError
+from ..config import ConfigError, load_config
 from ..engine._gc import tune_gc
 
 __all__ = ["main"]
@@ -129,8 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kinesis-esm: {exc}", file=sys.stderr)
         return 2
     if args.command == "validate":
-        from ..config._mapping import unsupported_features
-        from ..engine._engine import SUPPORTED_FEATURES
+        from ..config import unsupported_features
+        from ..engine import SUPPORTED_FEATURES
 
         try:  # what run would refuse, validate refuses too
             for i, mapping in enumerate(config.event_source_mappings):

@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ..config._daemon import ControlConfig
+from ..config import ControlConfig
 
 __all__ = ["StatusSource", "render", "run_status"]
 

@@ -1,6 +1,6 @@
 """Configuration of the daemon around its mappings: the Kinesis endpoint, the state file, the
 declared functions, the control plane, and the whole file (``DaemonConfig``). The TOML reading
-is in ``_config_file``; the mapping settings and the error type in ``_config``."""
+is in ``_file``; the mapping settings in ``_mapping``, the error type in ``_errors``."""
 
 from __future__ import annotations
 
@@ -9,16 +9,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from ._mapping import (
-    _FUNCTION_REF,
-    _REGION,
-    RESOURCE_CONFLICT,
-    ConfigError,
-    EventSourceMappingConfig,
-    _expect,
-    _in_range,
-    stable_uuid,
-)
+from ._arn import FUNCTION_REF, REGION, stable_uuid
+from ._errors import RESOURCE_CONFLICT, ConfigError, _expect, _in_range
+from ._mapping import EventSourceMappingConfig
 
 __all__ = [
     "CONTROL_AUTH",
@@ -46,7 +39,7 @@ class KinesisConfig:
                 raise ConfigError(message, parameter="endpoint_url")
         if self.region is not None:
             _expect("region", self.region, (str,), "a string")
-            if not re.fullmatch(_REGION, self.region):
+            if not re.fullmatch(REGION, self.region):
                 message = f"{self.region!r} is not an AWS region name"
                 raise ConfigError(message, parameter="region", hint="e.g. us-east-1")
 
@@ -184,6 +177,6 @@ class DaemonConfig:
     def function(self, name_or_arn: str) -> FunctionConfig | None:
         """The declared function a FunctionName refers to: name, ARN or partial ARN, qualifier
         allowed (an ARN's region and account are not compared: functions run here)."""
-        m = _FUNCTION_REF.fullmatch(name_or_arn)
+        m = FUNCTION_REF.fullmatch(name_or_arn)
         name = m["name"] if m else name_or_arn
         return next((fn for fn in self.functions if fn.name == name), None)

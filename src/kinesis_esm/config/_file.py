@@ -29,15 +29,10 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ._criteria import Filter, FilterCriteria
 from ._daemon import ControlConfig, DaemonConfig, FunctionConfig, KinesisConfig, StateConfig
-from ._mapping import (
-    ConfigError,
-    DestinationConfig,
-    EventSourceMappingConfig,
-    Filter,
-    FilterCriteria,
-    OnFailure,
-)
+from ._errors import ConfigError
+from ._mapping import DestinationConfig, EventSourceMappingConfig, OnFailure
 
 __all__ = ["load_config", "parse_config"]
 

@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .. import __version__
-from ..config._daemon import ControlConfig
+from ..config import ControlConfig
 from ..runtime._runtime import MappingError, Runtime
 from ._auth import Authenticator, AuthError, Request
 from ._metrics import registry_for

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..config._mapping import DestinationConfig, Filter, FilterCriteria, OnFailure
+from ..config import DestinationConfig, Filter, FilterCriteria, OnFailure
 from ..runtime._model import MappingView
 
 __all__ = [

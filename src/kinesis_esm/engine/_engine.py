@@ -15,8 +15,7 @@ import anyio
 import anyio.abc
 
 from .._statistics import EngineStatistics, MappingStatistics
-from ..config._daemon import KinesisConfig
-from ..config._mapping import EventSourceMappingConfig, unsupported_features
+from ..config import EventSourceMappingConfig, KinesisConfig, unsupported_features
 from ..functions import CallableFunction, Function
 from ..pipeline._settings import PollSettings, RetrySettings
 from ..source import KinesisSource, StreamSource

@@ -16,7 +16,7 @@ import anyio
 
 from .._errors import SourceError
 from .._statistics import MappingCounters, MappingStatistics, waiting_statistics
-from ..config._mapping import EventSourceMappingConfig, stable_uuid
+from ..config import EventSourceMappingConfig, stable_uuid
 from ..functions import Function
 from ..pipeline._consumer import ShardConsumer
 from ..pipeline._ports import MappingIdentity, StoreCommitter

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .._errors import SourceError
-from ..config._mapping import EventSourceMappingConfig
+from ..config import EventSourceMappingConfig
 from ..events._lambda import EventSource
 from ..state import CheckpointStore
 from ._lanes import Batch, Lane

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .._statistics import MappingStatistics, ShardStatistics
-from ..config._daemon import FunctionConfig
-from ..config._mapping import EventSourceMappingConfig
+from ..config import EventSourceMappingConfig, FunctionConfig
 from ..functions import Function, InvokeResult
 from ..state._mappings import Origin, StoredMapping, config_to_dict
 

@@ -30,21 +30,20 @@ import anyio
 import anyio.abc
 
 from .._statistics import MappingStatistics
-from ..config._daemon import DaemonConfig, FunctionConfig
-from ..config._mapping import (
+from ..config import (
     INVALID_PARAMETER_VALUE,
     ConfigError,
+    DaemonConfig,
     EventSourceMappingConfig,
     stable_uuid,
-    unsupported_features,
 )
-from ..engine._engine import SUPPORTED_FEATURES, Engine
-from ..functions import CallableFunction, load_handler
+from ..engine import Engine
 from ..state._mappings import MappingStore, StoredMapping, config_from_dict, config_to_dict
+from ._checks import check_conflict, check_supported, config_error
+from ._functions import DeclaredFunctions
 from ._model import (
     DELETE_IN_USE_MESSAGE,
     NOT_FOUND_MESSAGE,
-    RESOURCE_CONFLICT,
     RESOURCE_IN_USE,
     RESOURCE_NOT_FOUND,
     SERVICE,
@@ -63,16 +62,6 @@ __all__ = ["MappingError", "MappingStatus", "MappingView", "Runtime"]
 log = logging.getLogger("kinesis_esm.runtime")
 
 StreamCheck = Callable[[EventSourceMappingConfig], Awaitable[bool | None]]
-
-
-def _config_error(err: ConfigError) -> MappingError:
-    """Lambda's own texts as they are; ours name the parameter (Lambda's spelling) and hint."""
-    message = err.message
-    if message[:1].isupper() or message.startswith("1 validation error"):
-        return MappingError(err.code, message)
-    parameter = re.sub(r"(?:^|_|(?<=\.))([a-z])", lambda m: m.group(1).upper(), err.parameter)
-    hint = f" ({err.hint})" if err.hint else ""
-    return MappingError(err.code, f"{parameter}: {message}{hint}")
 
 
 class Runtime:
@@ -97,7 +86,7 @@ class Runtime:
         self.engine = engine
         self.config = config
         self.store = store or MappingStore.memory()
-        self._handlers: dict[str, Callable[..., Any]] = dict(handlers or {})
+        self.functions = DeclaredFunctions(config, handlers)
         self._stream_check = stream_check
         self._settle_interval = settle_interval
         self._clock = clock
@@ -138,7 +127,9 @@ class Runtime:
         self, *, event_source_arn: str | None = None, function_name: str | None = None
     ) -> list[MappingView]:
         """Oldest first; ``function_name`` may be a name or ARN of a declared function."""
-        wanted = None if function_name is None else self._declared(function_name, None).name
+        wanted = (
+            None if function_name is None else self.functions.declared(function_name, None).name
+        )
         return [
             self._view(m)
             for m in sorted(self._mappings.values(), key=lambda m: (m.created_at, m.uuid))
@@ -164,16 +155,18 @@ class Runtime:
         try:
             config = EventSourceMappingConfig(**{**fields, "uuid": uuid})
         except ConfigError as err:
-            raise _config_error(err) from None
-        fn = self._declared(config.function_name, config)
+            raise config_error(err) from None
+        fn = self.functions.declared(config.function_name, config)
         arn = function_arn(config, fn)
-        self._check_conflict(config, arn, None)
-        self._check_supported(config)
-        self._handler(fn)
+        check_conflict(self._mappings.values(), config, arn, None)
+        check_supported(config)
+        self.functions.handler(fn)
         if self._stream_check is not None and await self._stream_check(config) is False:
             message = f"Stream not found: {config.event_source_arn}"
             raise MappingError(INVALID_PARAMETER_VALUE, message)
-        self._check_conflict(config, arn, None)  # again: the stream check awaited
+        check_conflict(
+            self._mappings.values(), config, arn, None
+        )  # again: the stream check awaited
         now = self._clock()
         m = MappingRecord(uuid, "api", config, None, fn, arn, dict(extras or {}), now, now)
         m.pending = "Creating" if config.enabled else "Disabled"
@@ -193,12 +186,12 @@ class Runtime:
         try:
             config = m.config.replace(**changes)
         except ConfigError as err:
-            raise _config_error(err) from None
-        fn = self._declared(config.function_name, config)
+            raise config_error(err) from None
+        fn = self.functions.declared(config.function_name, config)
         arn = function_arn(config, fn)
-        self._check_conflict(config, arn, uuid)
-        self._check_supported(config)
-        self._handler(fn)
+        check_conflict(self._mappings.values(), config, arn, uuid)
+        check_supported(config)
+        self.functions.handler(fn)
         was, now = m.config.enabled, config.enabled
         m.pending = "Disabling" if was > now else "Enabling" if now > was else "Updating"
         m.config, m.function, m.function_arn, m.problem = config, fn, arn, None
@@ -261,49 +254,6 @@ class Runtime:
             raise MappingError(RESOURCE_NOT_FOUND, NOT_FOUND_MESSAGE)
         return m
 
-    def _declared(self, name: str, config: EventSourceMappingConfig | None) -> FunctionConfig:
-        fn = self.config.function(name)
-        if fn is None:
-            shown = name if config is None else function_arn(config, None)
-            declared = ", ".join(sorted(f.name for f in self.config.functions)) or "none"
-            message = (
-                f"Function not found: {shown} (kinesis-esm runs only functions declared in its "
-                f"config file; declared: {declared})"
-            )
-            raise MappingError(RESOURCE_NOT_FOUND, message)
-        return fn
-
-    def _check_conflict(self, config: EventSourceMappingConfig, arn: str, uuid: str | None) -> None:
-        for other in self._mappings.values():
-            same = (other.function_arn, other.config.event_source_arn) == (
-                arn,
-                config.event_source_arn,
-            )
-            if same and other.uuid != uuid and other.pending != "Deleting":
-                message = (
-                    f'The event source arn (" {config.event_source_arn} ") and function (" '
-                    f'{config.function_name} ") provided mapping already exists. Please update or '
-                    f"delete the existing mapping with UUID {other.uuid}"
-                )
-                raise MappingError(RESOURCE_CONFLICT, message)
-
-    @staticmethod
-    def _check_supported(config: EventSourceMappingConfig) -> None:
-        try:
-            unsupported_features(config, SUPPORTED_FEATURES)
-        except ConfigError as err:
-            raise MappingError(INVALID_PARAMETER_VALUE, err.message) from None
-
-    def _handler(self, fn: FunctionConfig) -> Callable[..., Any]:
-        handler = self._handlers.get(fn.name)
-        if handler is None:
-            try:
-                handler = load_handler(fn.handler, function_name=fn.name)
-            except ImportError as exc:
-                raise MappingError(INVALID_PARAMETER_VALUE, str(exc)) from None
-            self._handlers[fn.name] = handler
-        return handler
-
     def _row_config(self, row: StoredMapping) -> EventSourceMappingConfig | None:
         try:
             return config_from_dict(row.config)
@@ -322,10 +272,10 @@ class Runtime:
             row.created_at, row.last_modified,
         )  # fmt: skip
         try:
-            fn = self._declared(config.function_name, config)
-            self._check_conflict(config, arn, m.uuid)
-            self._check_supported(config)
-            self._handler(fn)
+            fn = self.functions.declared(config.function_name, config)
+            check_conflict(self._mappings.values(), config, arn, m.uuid)
+            check_supported(config)
+            self.functions.handler(fn)
         except MappingError as err:
             if m.origin == "config":  # the daemon does not start, as with any config error
                 where = f"event_source_mappings (uuid {m.uuid})"
@@ -355,14 +305,7 @@ class Runtime:
     async def _start(self, m: MappingRecord) -> None:
         fn = m.function
         assert fn is not None
-        inner = CallableFunction(
-            self._handler(fn),
-            name=fn.name,
-            timeout=fn.timeout,
-            memory_size=fn.memory_size,
-            arn=m.function_arn,
-        )
-        function = MeteredFunction(inner, m.invocations)
+        function = MeteredFunction(self.functions.build(fn, m.function_arn), m.invocations)
         await self.engine.add_mapping(m.config, function, invoke_identity_arn=fn.role)
 
     async def _stop(self, m: MappingRecord, *, delete_state: bool) -> None:

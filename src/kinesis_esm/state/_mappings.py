@@ -16,7 +16,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..config._mapping import (
+from ..config import (
     DestinationConfig,
     EventSourceMappingConfig,
     Filter,

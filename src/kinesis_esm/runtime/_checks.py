@@ -1,0 +1,52 @@
+"""Checks a mapping change must pass before the runtime applies it, with Lambda's errors."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from ..config import (
+    INVALID_PARAMETER_VALUE,
+    ConfigError,
+    EventSourceMappingConfig,
+    unsupported_features,
+)
+from ..engine import SUPPORTED_FEATURES
+from ._model import RESOURCE_CONFLICT, MappingError, MappingRecord
+
+__all__ = ["check_conflict", "check_supported", "config_error"]
+
+
+def config_error(err: ConfigError) -> MappingError:
+    """Lambda's own texts as they are; ours name the parameter (Lambda's spelling) and hint."""
+    message = err.message
+    if message[:1].isupper() or message.startswith("1 validation error"):
+        return MappingError(err.code, message)
+    parameter = re.sub(r"(?:^|_|(?<=\.))([a-z])", lambda m: m.group(1).upper(), err.parameter)
+    hint = f" ({err.hint})" if err.hint else ""
+    return MappingError(err.code, f"{parameter}: {message}{hint}")
+
+
+def check_conflict(
+    mappings: Iterable[MappingRecord], config: EventSourceMappingConfig, arn: str, uuid: str | None
+) -> None:
+    """Lambda's ResourceConflictException: one mapping per (function, event source)."""
+    for other in mappings:
+        same = (other.function_arn, other.config.event_source_arn) == (
+            arn,
+            config.event_source_arn,
+        )
+        if same and other.uuid != uuid and other.pending != "Deleting":
+            message = (
+                f'The event source arn (" {config.event_source_arn} ") and function (" '
+                f'{config.function_name} ") provided mapping already exists. Please update or '
+                f"delete the existing mapping with UUID {other.uuid}"
+            )
+            raise MappingError(RESOURCE_CONFLICT, message)
+
+
+def check_supported(config: EventSourceMappingConfig) -> None:
+    try:
+        unsupported_features(config, SUPPORTED_FEATURES)
+    except ConfigError as err:
+        raise MappingError(INVALID_PARAMETER_VALUE, err.message) from None

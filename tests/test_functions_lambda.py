@@ -473,6 +473,21 @@ async def test_an_unreachable_endpoint_raises(
     assert "EndpointConnectionError" in str(caught.value)
 
 
+async def test_missing_credentials_raise(
+    lambda_server: InvokeServer,
+    function_for: Callable[..., LambdaInvokeFunction],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    with pytest.raises(InvokeError) as caught:
+        await function_for(endpoint_url=lambda_server.url).invoke(EVENT)
+    assert "NoCredentialsError" in str(caught.value)
+    assert lambda_server.calls == []
+
+
 # Through the policy layer (kinesis_esm.testing): throttles do not use up retries
 
 

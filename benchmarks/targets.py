@@ -269,7 +269,9 @@ def per_invocation_us(sample: Sample) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.targets", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller runs, 2 repetitions (a few seconds)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller runs, 2 repetitions (a few seconds)"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cpu", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)

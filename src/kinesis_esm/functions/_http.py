@@ -30,10 +30,10 @@ import time
 import uuid
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
-import yarl
 
 from ..config import ConfigError
 from ._callable import InvokeResult
@@ -76,9 +76,11 @@ def resolve_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     return resolved
 
 
-def _display_url(url: yarl.URL) -> str:
+def _display_url(url: str) -> str:
     """The URL for messages and repr, without credentials or query string."""
-    return str(url.with_user(None).with_query(None).with_fragment(None))
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _parse_body(raw: bytes) -> Any:
@@ -138,8 +140,8 @@ class HttpFunction:
             )
         if ca_file is not None and not verify_tls:
             raise ConfigError("ca_file needs verify_tls = true", parameter="ca_file")
-        self._url = yarl.URL(url)
-        self.url = _display_url(self._url)
+        self._url = url
+        self.url = _display_url(url)
         self.name = name
         self.timeout = float(timeout)
         self.arn = arn or f"arn:aws:lambda:us-east-1:000000000000:function:{name}"

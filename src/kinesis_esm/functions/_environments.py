@@ -1,0 +1,308 @@
+"""Functions that run in execution environments, as on Lambda: each environment is a process
+that initialises once and then runs one invocation at a time.
+
+* :class:`ProcessFunction` (``isolation = "process"``): each environment is a Python worker
+  process that imports the handler (``package.module:function``) once.
+* :class:`RuntimeFunction` (``target = "runtime"``): each environment is ``command``, a runtime
+  interface client in any language (``python -m awslambdaric module.function``), driven
+  through Lambda's Runtime API on a loopback port of its own.
+
+Both satisfy the ``Function`` protocol and enforce their own timeout (``enforces_timeout``).
+A handler's exception is a function error (``Unhandled``); a crash, a timeout or running out
+of memory is a function error with Lambda's type (``Runtime.ExitError``, ``Sandbox.Timedout``,
+``Runtime.OutOfMemory``), and the environment is replaced; a failed init is a function error
+with its type (``Runtime.ImportModuleError``, ...) and shows in ``last_init_error``. Invoking a
+function that is stopping raises :class:`EnvironmentUnavailableError` (not invoked).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from ._callable import InvokeResult
+from ._context import log_stream_name
+from ._output import function_logger
+from ._pool import EnvironmentPool, EnvironmentStatistics
+from ._process_env import ProcessEnvironment, WorkerSpec
+from ._runtime_api import RuntimeEnvironment, RuntimeSpec, runtime_command
+from ._sandbox import (
+    EnvironmentUnavailableError,
+    InitError,
+    Invocation,
+    lambda_environment,
+    region_of,
+    trace_id,
+)
+
+__all__ = [
+    "EnvironmentStatistics",
+    "EnvironmentUnavailableError",
+    "InitError",
+    "ProcessFunction",
+    "RuntimeFunction",
+]
+
+INIT_TIMEOUT = 10.0  # Lambda's limit for an on-demand environment's init phase
+STOP_MARGIN = 5.0  # beyond the function timeout and init, for a clean stop to wait
+
+
+def _check(name: str, timeout: float, memory_size: int, max_environments: int) -> None:
+    if not 0 < timeout <= 900:
+        raise ValueError(f"function {name!r}: timeout {timeout} must be > 0 and at most 900 s")
+    if not 128 <= memory_size <= 10240:
+        raise ValueError(
+            f"function {name!r}: memory_size {memory_size} must be between 128 and 10240 MB"
+        )
+    if max_environments < 0:
+        raise ValueError(
+            f"function {name!r}: max_environments {max_environments} must be 0 (one per "
+            "concurrent invocation: the mapping's concurrency) or more"
+        )
+
+
+class _EnvironmentFunction:
+    """The Function protocol over a pool of environments."""
+
+    name: str
+    arn: str
+    timeout: float
+    memory_size: int
+    _pool: EnvironmentPool
+    _variables: Callable[[str], dict[str, str]]  # a log stream name -> the environment's
+
+    input: Literal["event"] = "event"
+    enforces_timeout = True  # invoke() never outlives the timeout (plus init, when it starts one)
+
+    def _setup(
+        self,
+        name: str,
+        *,
+        timeout: float,
+        memory_size: int,
+        arn: str | None,
+        max_environments: int,
+        task_root: str | os.PathLike[str] | None,
+    ) -> tuple[str, logging.Logger]:
+        _check(name, timeout, memory_size, max_environments)
+        self.name = name
+        self.timeout = float(timeout)
+        self.memory_size = memory_size
+        self.arn = arn or f"arn:aws:lambda:us-east-1:000000000000:function:{name}"
+        root = str(Path(task_root or os.getcwd()).resolve())
+        if not Path(root).is_dir():
+            raise ValueError(f"function {name!r}: task_root {root} is not a directory")
+        return root, function_logger(name)
+
+    @property
+    def max_environments(self) -> int:
+        return self._pool.max_environments
+
+    @max_environments.setter
+    def max_environments(self, value: int) -> None:
+        self._pool.max_environments = value
+
+    @property
+    def last_init_error(self) -> InitError | None:
+        """The last failed init's error, until an init succeeds (for LastProcessingResult)."""
+        return self._pool.last_init_error
+
+    def statistics(self) -> EnvironmentStatistics:
+        return self._pool.statistics()
+
+    async def invoke(
+        self,
+        payload: Any,
+        *,
+        client_context: Mapping[str, Any] | None = None,
+        cognito_identity: Mapping[str, Any] | None = None,
+    ) -> InvokeResult:
+        body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+        invocation = Invocation(
+            request_id=str(uuid.uuid4()),
+            body=body,
+            timeout=self.timeout,
+            invoked_function_arn=self.arn,
+            trace_id=trace_id(),
+            client_context=client_context,
+            cognito_identity=cognito_identity,
+        )
+        return await self._pool.invoke(invocation)
+
+    async def aclose(self) -> None:
+        """Let in-flight invocations finish (within the timeout), then stop the environments."""
+        await self._pool.aclose()
+
+
+class ProcessFunction(_EnvironmentFunction):
+    """A Python handler in worker-process environments (``isolation = "process"``).
+
+    ``handler`` is ``package.module:function`` (or Lambda's ``package.module.function``),
+    imported in each environment with ``task_root`` (default: the working directory) as the
+    working directory and first on ``sys.path``. ``memory_size`` caps each environment's address
+    space (RLIMIT_AS, Linux) at its footprint before the import plus memory_size plus
+    ``MEMORY_HEADROOM_MB``; ``enforce_memory=False`` turns that off. ``python`` is the
+    interpreter of the environments (default: the daemon's).
+    """
+
+    isolation = "process"
+
+    def __init__(
+        self,
+        handler: str,
+        *,
+        name: str,
+        timeout: float = 3.0,
+        memory_size: int = 128,
+        arn: str | None = None,
+        max_environments: int = 0,
+        environment: Mapping[str, str] | None = None,
+        task_root: str | os.PathLike[str] | None = None,
+        python: str | None = None,
+        enforce_memory: bool = True,
+        init_timeout: float = INIT_TIMEOUT,
+        input: Literal["event"] = "event",
+    ) -> None:
+        if input != "event":
+            raise ValueError(
+                f"function {name!r}: input {input!r}: a process environment receives Lambda's "
+                "event; typed records need isolation 'thread' or 'none'"
+            )
+        if not handler or not isinstance(handler, str):
+            raise ValueError(f"function {name!r}: handler must look like 'package.module:function'")
+        root, logger = self._setup(
+            name,
+            timeout=timeout,
+            memory_size=memory_size,
+            arn=arn,
+            max_environments=max_environments,
+            task_root=task_root,
+        )
+        self.handler = handler
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        base = dict(environment or {})
+        self._spec_args: dict[str, Any] = {
+            "function_name": name,
+            "handler": handler,
+            "memory_size": memory_size,
+            "enforce_memory": enforce_memory,
+            "python": python or sys.executable,
+            "task_root": root,
+            "init_timeout": init_timeout,
+            "logger": logger,
+        }
+        region = region_of(self.arn)
+
+        def variables(stream: str) -> dict[str, str]:
+            return lambda_environment(
+                function_name=name,
+                memory_size=memory_size,
+                handler=handler,
+                region=region,
+                log_stream_name=stream,
+                task_root=root,
+                user=base,
+                execution_env=f"AWS_Lambda_python{version}",
+            )
+
+        variables("check")  # bad variables fail here, not in the first invocation
+        self._variables = variables
+        self._pool = EnvironmentPool(
+            self._environment,
+            name=name,
+            max_environments=max_environments,
+            logger=logger,
+            stop_grace=self.timeout + init_timeout + STOP_MARGIN,
+        )
+
+    def _environment(self, number: int) -> ProcessEnvironment:
+        # one log stream per environment, as on Lambda
+        variables = self._variables(log_stream_name())
+        return ProcessEnvironment(WorkerSpec(environment=variables, **self._spec_args), number)
+
+    def __repr__(self) -> str:
+        return f"ProcessFunction({self.name!r}, {self.handler!r}, timeout={self.timeout})"
+
+
+class RuntimeFunction(_EnvironmentFunction):
+    """A runtime interface client in environments of its own (``target = "runtime"``).
+
+    ``command`` starts one environment, e.g. ``["python", "-m", "awslambdaric", "app.handler"]``
+    or ``["npx", "aws-lambda-ric", "index.handler"]``; it finds the Runtime API in
+    ``AWS_LAMBDA_RUNTIME_API``. ``handler`` sets ``_HANDLER`` (default: the command's last word).
+    ``memory_size`` is enforced by sampling the runtime's resident memory (Linux).
+    """
+
+    target = "runtime"
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        name: str,
+        timeout: float = 3.0,
+        memory_size: int = 128,
+        arn: str | None = None,
+        max_environments: int = 0,
+        environment: Mapping[str, str] | None = None,
+        task_root: str | os.PathLike[str] | None = None,
+        handler: str | None = None,
+        enforce_memory: bool = True,
+        init_timeout: float = INIT_TIMEOUT,
+    ) -> None:
+        root, logger = self._setup(
+            name,
+            timeout=timeout,
+            memory_size=memory_size,
+            arn=arn,
+            max_environments=max_environments,
+            task_root=task_root,
+        )
+        self.command = runtime_command(command)
+        self._spec_args: dict[str, Any] = {
+            "function_name": name,
+            "command": self.command,
+            "memory_size": memory_size,
+            "enforce_memory": enforce_memory,
+            "task_root": root,
+            "init_timeout": init_timeout,
+            "logger": logger,
+        }
+        region = region_of(self.arn)
+        user = dict(environment or {})
+        handler_name = handler or self.command[-1]
+
+        def variables(stream: str) -> dict[str, str]:
+            return lambda_environment(
+                function_name=name,
+                memory_size=memory_size,
+                handler=handler_name,
+                region=region,
+                log_stream_name=stream,
+                task_root=root,
+                user=user,
+            )
+
+        variables("check")  # bad variables fail here, not in the first invocation
+        self._variables = variables
+        self._pool = EnvironmentPool(
+            self._environment,
+            name=name,
+            max_environments=max_environments,
+            logger=logger,
+            stop_grace=self.timeout + init_timeout + STOP_MARGIN,
+        )
+
+    def _environment(self, number: int) -> RuntimeEnvironment:
+        variables = self._variables(log_stream_name())
+        return RuntimeEnvironment(RuntimeSpec(environment=variables, **self._spec_args), number)
+
+    def __repr__(self) -> str:
+        return f"RuntimeFunction({self.name!r}, {list(self.command)!r}, timeout={self.timeout})"

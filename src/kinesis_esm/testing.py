@@ -15,7 +15,7 @@ what happened::
         handler, records, batch_size=4, bisect_batch_on_function_error=True,
         maximum_retry_attempts=1,
     )
-    assert result.reported == ("49...003",)      # what reached the on-failure destination
+    assert result.reported == (records[2].sequence_number,)  # reached the destination
 
 ``run_handler`` returns once every record is settled (succeeded, or discarded and reported),
 and raises :class:`NotSettled` after ``wait`` seconds otherwise; a handler that keeps failing

@@ -96,9 +96,15 @@ class ChildProcess:
         for output in self._outputs:
             output.request_id = request_id
 
-    def end_invocation(self) -> None:
+    def end_invocation(self, next_tag: str = "-") -> None:
+        """Log all output written so far under the current tag, then switch to ``next_tag``."""
         for output in self._outputs:
-            output.end_invocation()
+            output.end_invocation(next_tag)
+
+    def drain(self) -> None:
+        """Log the complete lines written so far, keeping the tag."""
+        for output in self._outputs:
+            output.drain()
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)

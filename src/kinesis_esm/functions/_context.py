@@ -71,8 +71,17 @@ class Client:
         for name in self.__slots__:
             setattr(self, name, fields.get(name))
 
+    # the runtime's field order, for the same repr
+    _FIELDS = (
+        "installation_id",
+        "app_title",
+        "app_version_name",
+        "app_version_code",
+        "app_package_name",
+    )
+
     def __repr__(self) -> str:
-        inner = ",".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
+        inner = ",".join(f"{name}={getattr(self, name)}" for name in self._FIELDS)
         return f"Client([{inner}])"
 
 

@@ -4,7 +4,9 @@ Each line is logged on ``kinesis_esm.function.<name>`` prefixed with the request
 invocation in flight (``init`` during init, ``-`` between invocations). The pipes are read by
 the event loop as data arrives, and read to the end synchronously when an invocation answers:
 the environment flushes its output before it answers, so every line it wrote during the
-invocation is tagged with that invocation, none with the next.
+invocation is tagged with that invocation, none with the next. (A runtime interface client may
+still write after it posted its response: its invocation ends only when it asks for the next
+one, so its output is switched over then.)
 """
 
 from __future__ import annotations
@@ -42,12 +44,12 @@ class OutputForwarder:
         """Log everything written so far (complete lines; a partial one stays for later)."""
         self._read()
 
-    def end_invocation(self) -> None:
+    def end_invocation(self, next_tag: str = "-") -> None:
         """The invocation answered: its output is all in the pipe; log it, the last partial
-        line too, then tag what follows as between invocations."""
+        line too, then tag what follows with ``next_tag`` (default: between invocations)."""
         self._read()
         self._flush_partial()
-        self.request_id = "-"
+        self.request_id = next_tag
 
     def close(self) -> None:
         if self.fd is None:

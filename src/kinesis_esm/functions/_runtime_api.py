@@ -130,6 +130,8 @@ class RuntimeEnvironment:
         finally:
             self._pollers.discard(task)
         self._current = invocation
+        if self.child is not None:  # what the runtime wrote until now was the last one's
+            self.child.end_invocation(next_tag=invocation.request_id)
         deadline_ms = int((time.time() + invocation.timeout) * 1000)
         headers = {
             "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
@@ -205,12 +207,14 @@ class RuntimeEnvironment:
         loop = asyncio.get_running_loop()
         spec = self.spec
         self._init = loop.create_future()
-        self._runner = web.AppRunner(self._app(), access_log=None, handler_cancellation=True)
+        self._runner = web.AppRunner(
+            self._app(), access_log=None, handler_cancellation=True, shutdown_timeout=0.5
+        )
         await self._runner.setup()
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.bind(("127.0.0.1", 0))  # loopback only: the Runtime API has no authentication
         self.port = listener.getsockname()[1]
-        await web.SockSite(self._runner, listener, shutdown_timeout=0.5).start()
+        await web.SockSite(self._runner, listener).start()
         environment = dict(spec.environment, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{self.port}")
         self.child = await ChildProcess.spawn(
             spec.command,
@@ -231,7 +235,7 @@ class RuntimeEnvironment:
                 "Sandbox.Timedout", f"Init phase timed out after {spec.init_timeout:.2f} seconds"
             )
         finally:
-            self.child.end_invocation()
+            self.child.drain()
         if error is not None:
             self.failure = "crash"
         return error
@@ -242,7 +246,6 @@ class RuntimeEnvironment:
             raise RuntimeError(f"environment {self.number} cannot take an invocation")
         outcome: asyncio.Future[InvokeResult | Failure]
         outcome = self._outcome = asyncio.get_running_loop().create_future()
-        child.tag(invocation.request_id)
         started = time.monotonic()
         self._queue.put_nowait(invocation)
         try:
@@ -257,7 +260,7 @@ class RuntimeEnvironment:
             raise
         finally:
             self._current = self._outcome = None
-            child.end_invocation()
+            child.drain()  # its output so far; the rest is its until it asks for the next
         if isinstance(settled, InvokeResult):
             settled.duration = time.monotonic() - started
             return settled

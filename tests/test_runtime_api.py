@@ -368,3 +368,36 @@ def test_a_command_must_be_a_list_of_words(tmp_path: Path) -> None:
         RuntimeFunction([], name="f", task_root=tmp_path)
     with pytest.raises(ValueError, match="Reserved keys used in this request: _HANDLER"):
         RuntimeFunction(["x"], name="f", task_root=tmp_path, environment={"_HANDLER": "y"})
+
+
+NODE_RIC = os.environ.get(
+    "KINESIS_ESM_NODE_RIC"
+)  # e.g. .../node_modules/aws-lambda-ric/bin/index.mjs
+
+
+@pytest.mark.skipif(
+    not NODE_RIC, reason="set KINESIS_ESM_NODE_RIC to aws-lambda-ric's bin/index.mjs"
+)
+async def test_nodes_runtime_interface_client_runs_unchanged(make: Factory) -> None:
+    assert NODE_RIC is not None
+    function = make(
+        "",
+        command=["node", NODE_RIC, "index.handler"],
+        files={
+            "index.mjs": """
+                export const handler = async (event, context) => {
+                  console.log("records", event.Records.length);
+                  if (event.fail) throw new Error("node failure");
+                  return { request: context.awsRequestId, name: context.functionName };
+                };
+            """
+        },
+        name="node-fn",
+        memory_size=256,
+    )
+    with anyio.fail_after(30):
+        result = await function.invoke(EVENT)
+        failed = await function.invoke({"Records": [], "fail": True})
+    assert result.ok, result
+    assert result.payload == {"request": result.request_id, "name": "node-fn"}
+    assert failed.error_type == "Unhandled" and failed.error_message == "Error: node failure"

@@ -212,6 +212,20 @@ async def test_init_is_retried_at_the_next_invocation_and_then_succeeds(
     assert stats.init_errors == 1 and stats.inits == 1 and stats.replacements == 1
 
 
+async def test_an_init_over_init_timeout_is_sandbox_timedout(make: Factory) -> None:
+    function = make(
+        "import time\ntime.sleep(30)\n\ndef handler(event, context):\n    return 1\n",
+        init_timeout=0.5,
+    )
+    with anyio.fail_after(20):
+        started = time.monotonic()
+        result = await function.invoke(EVENT)
+    assert result.error_type == "Sandbox.Timedout"
+    assert result.error_message == "Init phase timed out after 0.50 seconds"
+    assert time.monotonic() - started < 5
+    assert function.statistics().init_errors == 1
+
+
 # Function errors keep the environment
 
 
@@ -636,5 +650,7 @@ def test_bad_settings_name_the_parameter(tmp_path: Path) -> None:
         ProcessFunction("app:h", name="f", task_root=tmp_path, timeout=0)
     with pytest.raises(ValueError, match="max_environments -1"):
         ProcessFunction("app:h", name="f", task_root=tmp_path, max_environments=-1)
+    with pytest.raises(ValueError, match="python: '/no/such/python' is not an executable"):
+        ProcessFunction("app:h", name="f", task_root=tmp_path, python="/no/such/python")
     with pytest.raises(ValueError, match="isolation 'thread' or 'none'"):
         ProcessFunction("app:h", name="f", task_root=tmp_path, input="records")  # type: ignore[arg-type]

@@ -201,6 +201,25 @@ async def test_an_init_error_is_posted_and_reported(
     assert function.statistics().init_errors == 1
 
 
+async def test_a_runtime_that_exits_before_polling_fails_its_init(make: Factory) -> None:
+    function = make("", command=[sys.executable, "-c", "import sys; sys.exit(3)"])
+    with anyio.fail_after(20):
+        result = await function.invoke(EVENT)
+    assert result.error_type == "Runtime.ExitError"
+    assert result.error_message == "Runtime exited with error: exit status 3"
+
+
+async def test_a_runtime_that_never_polls_times_out_its_init(make: Factory) -> None:
+    function = make(
+        "", command=[sys.executable, "-c", "import time; time.sleep(30)"], init_timeout=0.5
+    )
+    with anyio.fail_after(20):
+        started = time.monotonic()
+        result = await function.invoke(EVENT)
+    assert result.error_type == "Sandbox.Timedout"
+    assert time.monotonic() - started < 5
+
+
 @pytest.mark.parametrize(
     ("do", "description"),
     [("exit", "exit status 7"), ("segfault", "signal: segmentation fault")],
@@ -366,8 +385,10 @@ async def test_the_runtime_api_answers_as_lambdas(
 def test_a_command_must_be_a_list_of_words(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="command: \\[\\] must be a non-empty list"):
         RuntimeFunction([], name="f", task_root=tmp_path)
+    with pytest.raises(ValueError, match="command: 'no-such-runtime' is not an executable"):
+        RuntimeFunction(["no-such-runtime", "app.handler"], name="f", task_root=tmp_path)
     with pytest.raises(ValueError, match="Reserved keys used in this request: _HANDLER"):
-        RuntimeFunction(["x"], name="f", task_root=tmp_path, environment={"_HANDLER": "y"})
+        RuntimeFunction(["python3"], name="f", task_root=tmp_path, environment={"_HANDLER": "y"})
 
 
 NODE_RIC = os.environ.get(

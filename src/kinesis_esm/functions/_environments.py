@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -54,6 +55,17 @@ INIT_TIMEOUT = 10.0  # Lambda's limit for an on-demand environment's init phase
 STOP_MARGIN = 5.0  # beyond the function timeout and init, for a clean stop to wait
 
 
+def _executable(name: str, program: str, task_root: str, setting: str) -> str:
+    """``program`` as the environments will run it; a clear error if there is no such one."""
+    if os.sep in program:  # a path: relative ones are relative to the task root
+        path = os.path.join(task_root, program)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return program
+    elif shutil.which(program) is not None:
+        return program
+    raise ValueError(f"function {name!r}: {setting}: {program!r} is not an executable program")
+
+
 def _check(name: str, timeout: float, memory_size: int, max_environments: int) -> None:
     if not 0 < timeout <= 900:
         raise ValueError(f"function {name!r}: timeout {timeout} must be > 0 and at most 900 s")
@@ -78,7 +90,7 @@ class _EnvironmentFunction:
     _pool: EnvironmentPool
     _variables: Callable[[str], dict[str, str]]  # a log stream name -> the environment's
 
-    input: Literal["event"] = "event"
+    input: Literal["event", "records"] = "event"  # environments take the event
     enforces_timeout = True  # invoke() never outlives the timeout (plus init, when it starts one)
 
     def _setup(
@@ -193,7 +205,7 @@ class ProcessFunction(_EnvironmentFunction):
             "handler": handler,
             "memory_size": memory_size,
             "enforce_memory": enforce_memory,
-            "python": python or sys.executable,
+            "python": _executable(name, python or sys.executable, root, "python"),
             "task_root": root,
             "init_timeout": init_timeout,
             "logger": logger,
@@ -266,6 +278,7 @@ class RuntimeFunction(_EnvironmentFunction):
             task_root=task_root,
         )
         self.command = runtime_command(command)
+        _executable(name, self.command[0], root, "command")
         self._spec_args: dict[str, Any] = {
             "function_name": name,
             "command": self.command,

@@ -345,6 +345,26 @@ class _Leaf:
 
             return only_strings
 
+        preds = (*string_preds, *number_preds, *any_preds)
+        if len(preds) == 1 and not (strings or numbers or literals or exists_true):
+            # one operator ([{"numeric": ...}], [{"prefix": ...}], ...): no dispatch per value
+            (pred,) = preds
+            kind = str if string_preds else JsonNumber if number_preds else None
+
+            def test(s: Any) -> bool:
+                return (kind is None or type(s) is kind) and pred(s)
+
+            def one_operator(v: Any) -> bool:
+                t = type(v)
+                if v is _MISSING or t is dict:
+                    return absent
+                if t is list:
+                    values = _leaf_values(v)
+                    return any(map(test, values)) if values else absent
+                return test(v)
+
+            return one_operator
+
         def scalar(s: Any) -> bool:
             t = type(s)
             if t is str:

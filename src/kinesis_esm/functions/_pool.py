@@ -181,6 +181,8 @@ class EnvironmentPool:
             delay = self.backoff.wait(time.monotonic())
             if delay > 0:
                 await anyio.sleep(delay)
+                if self._closed:
+                    raise EnvironmentUnavailableError(f"function {self.name!r} is stopping")
             self._numbers += 1
             environment = self._factory(self._numbers)
             self._all.add(environment)

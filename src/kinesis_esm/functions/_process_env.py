@@ -138,6 +138,9 @@ class ProcessEnvironment:
                 return InitError("Runtime.OutOfMemory", "Runtime exited with error: out of memory")
             message = f"Runtime exited with error: {exit_description(returncode)}"
             return InitError("Runtime.ExitError", message)
+        except BaseException:  # cancelled during init: no grace for a half-imported worker
+            self.kill()
+            raise
         finally:
             self.child.end_invocation()
         if meta.get("t") == "init_error":

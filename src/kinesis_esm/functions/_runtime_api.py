@@ -234,6 +234,9 @@ class RuntimeEnvironment:
             return InitError(
                 "Sandbox.Timedout", f"Init phase timed out after {spec.init_timeout:.2f} seconds"
             )
+        except BaseException:  # cancelled during init
+            self.kill()
+            raise
         finally:
             self.child.drain()
         if error is not None:

@@ -90,7 +90,7 @@ MODULE_STATE = """
 
     def handler(event, context):
         CURRENT["request"] = context.aws_request_id   # module-level state, as powertools keeps
-        time.sleep(0.3)                               # others would overwrite it meanwhile
+        time.sleep(1.0)                               # others would overwrite it meanwhile
         return {"mine": CURRENT["request"] == context.aws_request_id, "pid": os.getpid(),
                 "start": time.time()}
 """
@@ -105,9 +105,9 @@ async def test_module_state_is_not_shared_by_concurrent_invocations(make: Factor
     assert all(r.payload["mine"] for r in results)
     assert len({r.payload["pid"] for r in results}) == 4  # one environment each (cap 0)
     assert os.getpid() not in {r.payload["pid"] for r in results}
-    # they did run at the same time: 4 x 0.3 s one after the other would take 1.2 s or more
+    # they did run at the same time: one after the other, they would start 1 s apart
     starts = sorted(r.payload["start"] for r in results)
-    assert starts[-1] - starts[0] < 0.3, starts
+    assert starts[-1] - starts[0] < 1.0, starts
     assert elapsed < 10
 
 
@@ -391,7 +391,7 @@ async def test_replacement_backs_off_while_crashes_follow_one_another(make: Fact
         assert crashed.error_type == "Runtime.ExitError"
         ok_again, after_reset = await timed(EVENT)  # the base delay again: 0.1 s
     assert ok.ok and ok_again.ok
-    assert after_four >= 0.8
+    assert after_four >= 0.7  # 0.8 s, less the moments between the crash and this call
     assert 0.1 <= after_reset < 0.8
     assert function.statistics().crashes == 5
 

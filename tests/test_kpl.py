@@ -327,75 +327,115 @@ def test_random_bytes_after_the_magic_only_raise_deaggregation_errors(
 # --- the hand parser against protobuf's parser --------------------------------------------------
 
 
-@st.composite
-def varints(draw: st.DrawFn) -> bytes:
-    value = draw(st.integers(0, 3) | st.integers(0, 2**70))
-    return varint(value, padding=draw(st.sampled_from([0, 0, 0, 1, 4, 9])))
+# Each generated message is either clean (well-formed protobuf: it may still fail the
+# semantic checks) or hostile (wrong lengths, stray bytes, bad wire types, a changed byte),
+# so that both parsers' accepting and rejecting paths are compared.
+
+
+TRUNCATED = [2**64, 2**64 + 1, 2**64 + 2, 2**64 - 1]  # protobuf keeps the low 64 bits
 
 
 @st.composite
-def length_delimited(draw: st.DrawFn, number: int, payload: bytes) -> bytes:
-    length = len(payload) + draw(st.sampled_from([0] * 12 + [-2, -1, 1, 3]))
-    return varint(number << 3 | 2) + varint(max(length, 0)) + payload
+def varints(draw: st.DrawFn, clean: bool) -> bytes:
+    if clean:  # at most 10 bytes
+        return varint(draw(st.integers(0, 2**63)), padding=draw(st.integers(0, 1)))
+    value = draw(st.integers(0, 3) | st.integers(0, 2**70) | st.sampled_from(TRUNCATED))
+    return varint(value, padding=draw(st.sampled_from([0, 0, 1, 4, 9])))
 
 
 @st.composite
-def unknown_fields(draw: st.DrawFn) -> bytes:
-    number = draw(st.integers(0, 40))
-    wire_type = draw(st.integers(0, 7))
-    tag = varint(number << 3 | wire_type)
+def length_delimited(draw: st.DrawFn, number: int, payload: bytes, clean: bool) -> bytes:
+    if clean:
+        return varint(number << 3 | 2) + varint(len(payload)) + payload
+    error = draw(st.sampled_from([0] * 6 + [-2, -1, 1, 3]))
+    padding = draw(st.sampled_from([0] * 6 + [1, 4, 5]))  # 5 and 6 bytes: only 5 are allowed
+    return varint(number << 3 | 2) + varint(max(len(payload) + error, 0), padding) + payload
+
+
+@st.composite
+def unknown_fields(draw: st.DrawFn, clean: bool) -> bytes:
+    number = draw(st.integers(5, 40) if clean else st.integers(0, 40))
+    wire_type = draw(st.sampled_from([0, 1, 2, 3, 5] if clean else list(range(8))))
+    paddings = [0, 0, 0, 1, 3] if clean else [0, 0, 0, 0, 0, 1, 3, 4]  # tags: 5 bytes at most
+    tag = varint(number << 3 | wire_type, padding=draw(st.sampled_from(paddings)))
     if wire_type == 0:
-        return tag + draw(varints())
+        return tag + draw(varints(clean))
     if wire_type in (1, 5):
-        return tag + draw(st.binary(min_size=8 if wire_type == 1 else 4, max_size=8))
+        size = 8 if wire_type == 1 else 4
+        return tag + draw(st.binary(min_size=size if clean else 0, max_size=size))
     if wire_type == 2:
-        return draw(length_delimited(number, draw(st.binary(max_size=12))))
+        return draw(length_delimited(number, draw(st.binary(max_size=12)), clean))
     if wire_type == 3:
-        inner = b"".join(draw(st.lists(unknown_fields(), max_size=2)))
-        closing = draw(st.sampled_from([number, number, number + 1]))
+        inner = b"".join(draw(st.lists(unknown_fields(clean), max_size=2)))
+        closing = number if clean else draw(st.sampled_from([number, number, number + 1]))
         return tag + inner + varint(closing << 3 | 4)
-    return tag
+    return tag  # an end-group tag, or wire type 6 or 7
 
 
-strings = st.binary(max_size=8) | st.text(max_size=8).map(lambda text: text.encode())
+texts = st.text(max_size=8).map(str.encode)
 
 
-@st.composite
-def tag_messages(draw: st.DrawFn) -> bytes:
-    parts = st.one_of(
-        strings.flatmap(lambda s: length_delimited(1, s)),
-        strings.flatmap(lambda s: length_delimited(2, s)),
-        unknown_fields(),
-    )
-    return b"".join(draw(st.lists(parts, max_size=3)))
+def strings(clean: bool) -> st.SearchStrategy[bytes]:
+    return texts if clean else texts | st.binary(max_size=8)
 
 
 @st.composite
-def user_record_messages(draw: st.DrawFn) -> bytes:
-    parts = st.one_of(
-        varints().map(lambda v: b"\x08" + v),
-        st.integers(0, 4).map(lambda i: b"\x08" + varint(i)),
-        st.integers(0, 4).map(lambda i: b"\x10" + varint(i)),
-        st.binary(max_size=20).flatmap(lambda data: length_delimited(3, data)),
-        tag_messages().flatmap(lambda tag: length_delimited(4, tag)),
-        unknown_fields(),
-        st.binary(min_size=1, max_size=3),  # garbage
+def tag_messages(draw: st.DrawFn, clean: bool) -> bytes:
+    parts = [draw(strings(clean).flatmap(lambda s: length_delimited(1, s, clean)))]  # the key
+    others = strings(clean).flatmap(lambda s: length_delimited(2, s, clean))
+    parts += draw(st.lists(others | unknown_fields(clean), max_size=2))
+    if not clean and draw(st.booleans()):
+        parts.pop(0)  # no key
+    return b"".join(draw(st.permutations(parts)))
+
+
+@st.composite
+def user_record_messages(draw: st.DrawFn, clean: bool) -> bytes:
+    # clean messages have 3 partition keys and 2 hash keys: index 3 or 2 is out of range
+    indices = st.integers(0, 3) | st.sampled_from(TRUNCATED)
+    key_index = varint(draw(indices)) if clean else draw(indices.map(varint) | varints(False))
+    parts = [
+        b"\x08" + key_index,
+        draw(st.binary(max_size=20).flatmap(lambda data: length_delimited(3, data, clean))),
+    ]
+    optional = st.one_of(
+        (st.integers(0, 2) | st.sampled_from(TRUNCATED)).map(lambda i: b"\x10" + varint(i)),
+        st.binary(max_size=20).flatmap(lambda data: length_delimited(3, data, clean)),
+        tag_messages(clean).flatmap(lambda tag: length_delimited(4, tag, clean)),
+        unknown_fields(clean),
     )
-    body = b"".join(draw(st.lists(parts, min_size=1, max_size=6)))
-    return draw(length_delimited(3, body))
+    parts += draw(st.lists(optional, max_size=3))
+    if not clean:
+        parts += draw(st.lists(st.binary(min_size=1, max_size=3), max_size=1))  # garbage
+        del parts[: draw(st.integers(0, 1))]  # sometimes no key index
+    body = b"".join(draw(st.permutations(parts)))
+    return draw(length_delimited(3, body, clean))
 
 
 @st.composite
 def aggregate_messages(draw: st.DrawFn) -> bytes:
-    parts = st.one_of(
-        strings.flatmap(lambda s: length_delimited(1, s)),
-        strings.flatmap(lambda s: length_delimited(2, s)),
-        user_record_messages(),
-        user_record_messages(),
-        unknown_fields(),
-    )
-    message = b"".join(draw(st.lists(parts, max_size=10)))
-    if message and draw(st.integers(0, 9)) == 0:  # now and then, one byte changed
+    clean = draw(st.booleans())
+    if clean:
+        parts = [
+            draw(length_delimited(1, key, True))
+            for key in draw(st.lists(texts, min_size=3, max_size=3))
+        ]
+        parts += [
+            draw(length_delimited(2, key, True))
+            for key in draw(st.lists(texts, min_size=2, max_size=2))
+        ]
+    else:
+        tables = strings(False).flatmap(
+            lambda s: length_delimited(draw(st.integers(1, 2)), s, False)
+        )
+        parts = draw(st.lists(tables, max_size=5))
+    parts += draw(st.lists(user_record_messages(clean), min_size=1, max_size=5))
+    parts += draw(st.lists(unknown_fields(clean), max_size=2))
+    # tables before records, as producers write them, or anywhere
+    if not clean or draw(st.booleans()):
+        parts = draw(st.permutations(parts))
+    message = b"".join(parts)
+    if not clean and message and draw(st.booleans()):  # one byte changed
         at = draw(st.integers(0, len(message) - 1))
         message = message[:at] + bytes([draw(st.integers(0, 255))]) + message[at + 1 :]
     return message
@@ -408,7 +448,7 @@ def verdict(parse: Callable[[bytes], list[UserRecord]], blob: bytes) -> object:
         return "DeaggregationError"
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(aggregate_messages())
 def test_hand_parser_agrees_with_protobuf_on_generated_messages(message: bytes) -> None:
     """Same records or both errors, against protobuf's parser (upb) with the same semantic

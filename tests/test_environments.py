@@ -21,11 +21,14 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kinesis_esm.functions._environments import (
     EnvironmentUnavailableError,
     ProcessFunction,
 )
+from kinesis_esm.functions._pool import SpawnBackoff
 from tests.support.kinesis import wait_for
 
 pytestmark = pytest.mark.anyio
@@ -654,3 +657,26 @@ def test_bad_settings_name_the_parameter(tmp_path: Path) -> None:
         ProcessFunction("app:h", name="f", task_root=tmp_path, python="/no/such/python")
     with pytest.raises(ValueError, match="isolation 'thread' or 'none'"):
         ProcessFunction("app:h", name="f", task_root=tmp_path, input="records")  # type: ignore[arg-type]
+
+
+# The replacement back-off (pure)
+
+
+@given(st.lists(st.tuples(st.booleans(), st.floats(0, 10)), max_size=30))
+def test_spawn_backoff_doubles_per_consecutive_failure_to_the_cap_and_resets(
+    steps: list[tuple[bool, float]],
+) -> None:
+    backoff = SpawnBackoff(base=0.1, cap=5.0)
+    now, run = 0.0, 0
+    for failed, elapsed in steps:
+        now += elapsed
+        if failed:
+            backoff.failed(now)
+            run += 1
+            assert backoff.wait(now) == pytest.approx(min(5.0, 0.1 * 2 ** (run - 1)))
+        else:
+            backoff.succeeded()
+            run = 0
+            assert backoff.wait(now) == 0
+        assert 0 <= backoff.wait(now + 1) <= 5.0
+    assert backoff.wait(now + 5.0) == 0  # a wait never outlasts the cap

@@ -20,11 +20,11 @@ sequence number, as in KCL.
 
 **Parser choice: a hand parser of this one message, not ``protobuf``.** ``benchmarks/kpl.py``
 runs both on the same aws-kinesis-agg aggregates, with the same checks and the same output. Per
-user record, 100 of 100 B per aggregate: 1.09 us here against 1.13 us with protobuf's upb
-backend for :func:`deaggregate`, 1.42 against 1.39 for :func:`expand`; 20 of 1 KiB: 2.8 against
-2.6 and 6.9 against 6.4 (MD5, copies and base64 dominate there). upb parses in C, but reading
-each field back into Python costs about what this parser's loop does. With speed a tie, the
-hand parser wins on the rest:
+user record, 100 of 100 B per aggregate: 1.10 us here and 1.10 us with protobuf's upb backend
+for :func:`deaggregate`, 1.40 and 1.39 for :func:`expand`; 20 of 1 KiB: 2.9 against 2.6 and
+6.9 against 6.7 (upb 3 to 14 % ahead where MD5, copies and base64 dominate). upb parses in C,
+but reading each field back into Python costs about what this parser's loop does. With speed
+about even, the hand parser wins on the rest:
 
 - no runtime dependency, and no performance cliff: protobuf falls back to its pure-Python
   backend where no upb wheel exists (or ``PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python``),
@@ -414,9 +414,11 @@ def expand(record: Record) -> Expansion:
     number (decimal digits), and it matches Lambda's ``shardId:sequenceNumber`` eventID.
 
     All user records of an aggregate come from one call, so the last pair's sub-sequence number
-    tells the checkpoint whether the aggregate is finished: a checkpoint after user record *s* of
-    *n* resumes AT the sequence number, skipping sub-sequences <= *s*, while *s* < *n* - 1, and
-    AFTER it once *s* = *n* - 1 (KCL's rule).
+    tells whether the aggregate is finished. Proposed checkpoint: ``(sequence, None)`` once a
+    plain record or a whole aggregate is done (resume AFTER_SEQUENCE_NUMBER), ``(sequence, s)``
+    while only user records 0..*s* of an aggregate are (resume AT_SEQUENCE_NUMBER and drop the
+    first record's user records up to *s*). KCL keys the same choice on *s* > 0, which
+    cannot tell user record 0 of many done from a whole record done.
     """
     try:
         users = _user_records(record)

@@ -13,6 +13,7 @@ import anyio
 import anyio.abc
 
 from .._errors import StreamNotFoundError
+from .._redact import install_redaction
 from .._statistics import EngineStatistics
 from ..config import DaemonConfig, EventSourceMappingConfig, KinesisConfig
 from ..control import ControlServer
@@ -100,6 +101,7 @@ async def run_daemon(
     ``handlers`` replace importing the declared functions' handlers (embedding, tests).
     ``emf_interval`` > 0 writes CloudWatch metrics (Embedded Metric Format) to stdout.
     """
+    install_redaction()  # an endpoint's error text may quote the request's credentials
     store = SQLiteCheckpointStore(config.state.path)
     stream_check = KinesisStreamCheck(config.kinesis)
     report = on_progress or log.info

@@ -42,6 +42,7 @@ from typing import Any
 import anyio
 
 from .._backoff import Backoff
+from .._redact import redact
 from .._statistics import MappingCounters
 from ..destinations import Destination, FailureReport, open_destination
 from ..events._lambda import build_event
@@ -137,6 +138,8 @@ class _BatchRun:
         settings = processor.retry_settings
         self.backoff = Backoff(settings.initial, settings.maximum)
         self.settled = 0
+        self.failures = 0  # function failures in a row: the first one's log has the traceback
+        self.retry_note: tuple[str, str] | None = None  # the failure a retry line tells of
 
     async def run(self) -> None:
         plan, records = self.plan, self.batch.records
@@ -151,10 +154,11 @@ class _BatchRun:
             if isinstance(outcome, Discard) and not await self.discard(outcome):
                 return  # stopped while the destination was unreachable
             await self.settle()
-            if outcome == "retry" and await self.shard.sleep_unless_stopped(
-                self.backoff.next_delay()
-            ):
-                return
+            if outcome == "retry":
+                delay = self.backoff.next_delay()
+                self._say_retry(delay)
+                if await self.shard.sleep_unless_stopped(delay):
+                    return
 
     async def settle(self) -> None:
         """Mark the settled prefix finished in the lane, and let the checkpoint follow it."""
@@ -201,7 +205,7 @@ class _BatchRun:
                 n,
                 _span(records),
                 type(exc).__name__,
-                exc,
+                redact(str(exc)),  # an endpoint's error text may quote the request
             )
             return None
         self.plan.invoked(result.request_id)
@@ -210,40 +214,92 @@ class _BatchRun:
         if not result.ok:
             counters.errors += 1
             counters.failed_invoke_events += n
-            self._problem(
-                FUNCTION_CALL_FAILED, records, f"{result.error_type}: {result.error_message}"
-            )
             function_error = "Handled" if result.error_type == "Handled" else "Unhandled"
-            return self.plan.failed(function_error=function_error)
+            outcome = self.plan.failed(function_error=function_error)
+            detail = f"{result.error_type}: {result.error_message}"
+            self._problem(FUNCTION_CALL_FAILED, records, detail, outcome, _traceback(result))
+            return outcome
         if self.processor.report_item_failures:
             verdict = parse_batch_response(result.payload, records)
             if verdict.kind == "invalid":
                 counters.failed_invoke_events += n
-                self._problem(INVALID_RESPONSE, records, verdict.reason)
-                return self.plan.failed()
+                outcome = self.plan.failed()
+                self._problem(INVALID_RESPONSE, records, verdict.reason, outcome)
+                return outcome
             if verdict.kind == "partial":
                 done = verdict.failed_from
                 counters.succeeded_events += done
                 counters.failed_invoke_events += n - done
                 failed = records[done].sequence_number
-                self._problem(BATCH_ITEM_FAILURES, records, f"lowest failed record {failed}")
-                return self.plan.failed(completed=done, whole=False)
+                outcome = self.plan.failed(completed=done, whole=False)
+                self._problem(
+                    BATCH_ITEM_FAILURES, records, f"lowest failed record {failed}", outcome
+                )
+                return outcome
         counters.succeeded_events += n
         processor.status.processing_result("OK")
         self.plan.succeeded()
+        self.failures = 0
         return "continue"
 
-    def _problem(self, result: str, records: Sequence[Record], detail: str) -> None:
+    def _problem(
+        self,
+        result: str,
+        records: Sequence[Record],
+        detail: str,
+        outcome: Step | Discard,
+        trace: str = "",
+    ) -> None:
+        """Say that an invocation failed and what comes next; the first failure in a row with
+        the handler's traceback, a retry in the line that gives its back-off (``_say_retry``)."""
         self.processor.status.processing_result(result)
+        self.failures += 1
+        what = f"{result.removeprefix('PROBLEM: ')} on {len(records)} records {_span(records)}"
+        line = f"{self.processor.identity.uuid} {self.shard.shard_id}: {what} ({redact(detail)})"
+        trace = redact(trace) if self.failures == 1 else ""
+        if outcome == "retry":
+            self.retry_note = (line, trace)
+        elif outcome == "continue":  # bisect: the first half at once
+            left = self.plan.current
+            count = len(left) if left is not None else 0
+            half = f"{count} record{'' if count == 1 else 's'}"
+            log.warning("%s; bisecting: the first %s at once%s", line, half, trace)
+        else:
+            limit = self.processor.config.maximum_retry_attempts
+            log.warning("%s; giving up (MaximumRetryAttempts %d)%s", line, limit, trace)
+
+    def _say_retry(self, delay: float) -> None:
+        if (note := self.retry_note) is None:
+            return
+        self.retry_note = None
+        line, trace = note
+        current = self.plan.current
+        attempt = current.invocations if current is not None else self.failures
         log.warning(
-            "%s %s: %s on %d records %s (%s)",
-            self.processor.identity.uuid,
-            self.shard.shard_id,
-            result.removeprefix("PROBLEM: "),
-            len(records),
-            _span(records),
-            detail,
+            "%s; attempt %d failed, retry in %.2fs, %s%s",
+            line,
+            attempt,
+            delay,
+            self._retry_policy(),
+            trace,
         )
+
+    def _retry_policy(self) -> str:
+        """What a failing range meets next, in Lambda's parameters."""
+        cfg, current = self.processor.config, self.plan.current
+        age = cfg.maximum_record_age_in_seconds
+        until_old = f"the records are older than {age}s (MaximumRecordAgeInSeconds)"
+        limit = cfg.maximum_retry_attempts
+        if limit < 0:
+            if age < 0:
+                return (
+                    "retrying until it succeeds or the records expire from the stream "
+                    "(MaximumRetryAttempts -1, MaximumRecordAgeInSeconds -1: forever)"
+                )
+            return f"retrying until it succeeds or {until_old}"
+        left = limit - (current.errors if current is not None else 0) + 1
+        retries = f"{left} of {limit} retries left (MaximumRetryAttempts)"
+        return retries if age < 0 else f"{retries}, or until {until_old}"
 
     async def discard(self, discard: Discard) -> bool:
         """Report (or drop) discarded records; False if the shard stopped before that."""
@@ -305,3 +361,16 @@ class _BatchRun:
 
 def _span(records: Sequence[Record]) -> str:
     return f"{records[0].sequence_number}..{records[-1].sequence_number}"
+
+
+def _traceback(result: InvokeResult) -> str:
+    """The handler's traceback, for the log: the frames a callable reported, else those of the
+    error document (Lambda's ``stackTrace``) of the other targets; "" without frames."""
+    frames = result.stack_trace
+    if frames is None and isinstance(result.payload, dict):
+        trace = result.payload.get("stackTrace")
+        frames = [str(f) for f in trace] if isinstance(trace, list) else None
+    if not frames:
+        return ""
+    body = "".join(frame if frame.endswith("\n") else f"{frame}\n" for frame in frames)
+    return f"\nTraceback (most recent call last):\n{body}{result.error_message}"

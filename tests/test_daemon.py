@@ -356,11 +356,30 @@ def test_config_errors_exit_2_naming_the_parameter_and_the_allowed_values(
     assert captured.out == ""
 
 
-def test_valid_config_validates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_valid_config_validates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / f"{HANDLER_MODULE}.py").write_text("def handler(event, context):\n    pass\n")
+    monkeypatch.chdir(tmp_path)  # validate imports the handler, as run does
+    monkeypatch.setattr(sys, "path", list(sys.path))
     path = tmp_path / "good.toml"
     path.write_text(VALID)
     assert cli_main(["validate", "--config", str(path)]) == 0
-    assert "OK (1 mappings)" in capsys.readouterr().out
+    assert capsys.readouterr().out == f"{path}: OK (1 mapping, 1 function)\n"
+
+
+def test_validate_names_the_file_and_key_of_a_handler_that_does_not_import(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "kinesis-esm.toml"
+    path.write_text(VALID.replace(HANDLER_MODULE, "no_such_handler_module"))
+    result = run_cli("validate", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith(
+        f"kinesis-esm: {path}: functions.{FUNCTION}.handler: cannot import module "
+        "'no_such_handler_module'"
+    ), result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 from rich.console import Console
 
 from kinesis_esm import EventSourceMappingConfig, stable_uuid
-from kinesis_esm.cli._status import StatusSource, render, run_status
+from kinesis_esm.cli._status import StatusSource, plain, render, run_status
 from kinesis_esm.config import ControlConfig
 from tests.support.control import call, lambda_client, running_daemon
 from tests.support.kinesis import create_stream, kinesis_client, put_records, wait_for
@@ -87,7 +89,7 @@ def test_status_source_from_control_config() -> None:
     )
 
 
-def test_unreachable_daemon_exits_1() -> None:
+def test_unreachable_daemon_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -95,7 +97,85 @@ def test_unreachable_daemon_exits_1() -> None:
     code = run_status(
         StatusSource(f"http://127.0.0.1:{port}"), once=True, console=Console(file=out)
     )
-    assert code == 1 and "cannot read" in out.getvalue()
+    assert code == 1 and out.getvalue() == ""  # off a terminal, the error goes to stderr
+    assert (
+        f"kinesis-esm status: cannot read http://127.0.0.1:{port}/status" in capsys.readouterr().err
+    )
+
+
+@dataclass(frozen=True)
+class Canned(StatusSource):
+    """Readings from a list instead of a daemon; past the end, Ctrl-C."""
+
+    readings: tuple[dict[str, Any], ...] = ()
+    calls: list[float] = field(default_factory=list)
+
+    def fetch(self, timeout: float = 5.0) -> dict[str, Any]:
+        self.calls.append(timeout)
+        if len(self.calls) > len(self.readings):
+            raise KeyboardInterrupt
+        return self.readings[len(self.calls) - 1]
+
+
+WIDE = snapshot(100.0, 100, 40)
+WIDE["mappings"][0]["EventSourceArn"] += "-with-a-rather-long-stream-name-" + "x" * 60
+
+
+def test_plain_rows_are_whole_whatever_their_width() -> None:
+    text = plain(WIDE)
+    lines = text.splitlines()
+    assert lines[0] == "# 1970-01-01T00:01:40Z"
+    assert lines[1] == "Event source mappings"
+    header = lines[2].split()
+    assert header[:6] == ["UUID", "Function", "Stream", "State", "Batch", "PF"]
+    assert lines[2].rstrip().endswith("Last result")
+    row = lines[3]
+    assert "orders-with-a-rather-long-stream-name-" + "x" * 60 in row
+    assert row.rstrip().endswith("PROBLEM: Function call failed")  # one line, not cut
+    assert max(len(line) for line in lines) > 120
+    shard_row = next(line for line in lines if "shardId-000000000000" in line)
+    assert shard_row.rstrip().endswith(WIDE["mappings"][0]["shards"][0]["checkpoint"])
+    assert "…" not in text and "\x1b" not in text
+
+
+def test_off_a_terminal_once_prints_plain_rows() -> None:
+    out = io.StringIO()
+    code = run_status(Canned(readings=(WIDE,)), once=True, console=Console(file=out, width=80))
+    assert code == 0
+    assert out.getvalue() == plain(WIDE) + "\n"
+
+
+def test_live_mode_into_a_file_writes_every_reading(tmp_path: Path) -> None:
+    readings = (snapshot(100.0, 100, 40), snapshot(102.0, 120, 60), snapshot(104.0, 150, 70))
+    path = tmp_path / "status.log"
+    with path.open("w") as file:
+        code = run_status(Canned(readings=readings), interval=0.01, console=Console(file=file))
+    assert code == 0  # Ctrl-C after the third reading
+    text = path.read_text()
+    blocks = text.split("\n\n# ")
+    assert len(blocks) == 3, text
+    assert text.count("Event source mappings") == 3
+    assert " 10.0 " in blocks[1] and " 15.0 " in blocks[2]  # records/s between readings
+
+
+def test_json_lines_one_per_reading() -> None:
+    readings = (snapshot(100.0, 100, 40), snapshot(102.0, 120, 60))
+    out = io.StringIO()
+    code = run_status(
+        Canned(readings=readings), interval=0.01, as_json=True, console=Console(file=out)
+    )
+    assert code == 0
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == list(readings)
+    once = io.StringIO()
+    run_status(Canned(readings=readings), once=True, as_json=True, console=Console(file=once))
+    assert json.loads(once.getvalue()) == readings[0]
+
+
+def test_on_a_terminal_the_live_table() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=200)
+    assert run_status(Canned(readings=(WIDE,)), once=True, console=console) == 0
+    assert "Event source mappings" in out.getvalue() and "\x1b[" in out.getvalue()
 
 
 @pytest.mark.anyio
@@ -129,7 +209,7 @@ async def test_status_of_a_running_daemon(tmp_path: Path, moto: str) -> None:
                 [KINESIS_ESM, "status", "--url", daemon.url, "--once"], check=False
             )
             assert unsigned.returncode == 1
-            assert "MissingAuthenticationTokenException" in unsigned.stdout.decode()
+            assert "MissingAuthenticationTokenException" in unsigned.stderr.decode()
 
 
 @pytest.mark.anyio
@@ -152,3 +232,9 @@ async def test_status_command(tmp_path: Path, moto: str) -> None:
         shown = await wait_for(table, 30, message="status to show the mapping Enabled")
         assert stable_uuid("f", arn)[:8] in shown
         assert "shardId-000000000000" in shown and "shardId-000000000001" in shown
+        assert "Stream" in shown and "Last result" in shown  # headers whole, off a terminal
+        as_json = await anyio.run_process(
+            [KINESIS_ESM, "status", "--url", daemon.url, "--once", "--json"], env=env
+        )
+        [reading] = [json.loads(line) for line in as_json.stdout.decode().splitlines()]
+        assert [m["UUID"] for m in reading["mappings"]] == [stable_uuid("f", arn)]

@@ -42,7 +42,8 @@ def format_progress(stats: EngineStatistics, previous: dict[str, int], elapsed: 
         )
         lines.append(
             f"{m.function_name} [{m.state}] {rate:,.0f} rec/s, {done:,} done, "
-            f"{m.counters.errors} errors | iterator age {ages or '-'} | {m.last_processing_result}"
+            f"{m.counters.errors:,} error{'' if m.counters.errors == 1 else 's'} | "
+            f"iterator age {ages or '-'} | {m.last_processing_result}"
         )
     return "\n".join(lines)
 

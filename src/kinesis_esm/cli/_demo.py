@@ -39,6 +39,10 @@ ACCOUNT = "123456789012"  # moto's account id
 REGION = "us-east-1"
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,6 +93,7 @@ async def run_demo(
     rate: int = 200,
     print_line: Callable[[str], None] = print,
 ) -> int:
+    print_line("starting an in-process Kinesis emulator (moto) on 127.0.0.1...")
     try:
         from moto.server import ThreadedMotoServer
     except ImportError:
@@ -112,6 +117,7 @@ async def run_demo(
         async with session.create_client(
             "kinesis", region_name=REGION, endpoint_url=endpoint
         ) as client:
+            print_line(f"creating stream {STREAM} with {_plural(shards, 'shard')}...")
             await client.create_stream(StreamName=STREAM, ShardCount=shards)
             with anyio.fail_after(30):
                 while (await client.describe_stream_summary(StreamName=STREAM))[  # noqa: ASYNC110  # polling the emulator
@@ -120,7 +126,8 @@ async def run_demo(
                     await anyio.sleep(0.1)
             arn = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{STREAM}"
             print_line(
-                f"stream {STREAM}: {shards} shards; producing ~{rate} records/s for {seconds:.0f}s"
+                f"stream {STREAM}: {_plural(shards, 'shard')}; producing ~{rate} records/s for "
+                f"{seconds:g}s; Ctrl-C stops early"
             )
             config = EventSourceMappingConfig(
                 function_name="example",
@@ -150,8 +157,8 @@ async def run_demo(
         shutil.rmtree(state_dir, ignore_errors=True)
     missing = set(produced) - delivered.ids
     print_line(
-        f"produced {len(produced):,} records; delivered {len(delivered.ids):,} distinct in "
-        f"{delivered.invocations:,} invocations; missing {len(missing):,}"
+        f"produced {_plural(len(produced), 'record')}; delivered {len(delivered.ids):,} distinct "
+        f"in {_plural(delivered.invocations, 'invocation')}; missing {len(missing):,}"
     )
     return 0 if not missing or len(produced) == 0 else 1
 

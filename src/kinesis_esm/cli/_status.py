@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from rich import box
@@ -24,7 +26,7 @@ from rich.text import Text
 
 from ..config import ControlConfig
 
-__all__ = ["StatusSource", "render", "run_status"]
+__all__ = ["StatusSource", "plain", "render", "rows", "run_status"]
 
 DEFAULT_URL = "http://127.0.0.1:9001"
 _STATE_STYLE = {"Enabled": "green", "Disabled": "yellow", "Deleting": "red"}
@@ -93,6 +95,63 @@ def _short(sequence: str | None) -> str:
     return sequence if len(sequence) <= 14 else f"…{sequence[-12:]}"
 
 
+MAPPING_COLUMNS = "UUID Function Stream State Batch PF rec/s Invocations Errors Age Last-result"
+SHARD_COLUMNS = "Mapping Shard State rec/s Buffered Busy Age Behind Checkpoint"
+MAPPINGS_TITLE, SHARDS_TITLE = "Event source mappings", "Shards"
+
+
+def _headers(columns: str) -> list[str]:
+    return [column.replace("-", " ") for column in columns.split()]
+
+
+def rows(
+    snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None = None, *, short: bool = True
+) -> tuple[list[list[str]], list[list[str]]]:
+    """The cells of the two tables, mappings and shards. ``previous``: the reading before, for
+    the rates; ``short``: checkpoints cut to their last digits."""
+    elapsed = snapshot["time"] - previous["time"] if previous else 0.0
+    before = {m["UUID"]: m for m in (previous or {}).get("mappings", [])}
+    mappings: list[list[str]] = []
+    shards: list[list[str]] = []
+    for m in snapshot.get("mappings", []):
+        old = before.get(m["UUID"])
+        counters = m.get("counters", {})
+        done_before = old["counters"].get("succeeded_events") if old else None
+        ages = [s["iterator_age_ms"] for s in m["shards"] if s["iterator_age_ms"] is not None]
+        mappings.append(
+            [
+                m["UUID"][:8],
+                m.get("FunctionName", m["FunctionArn"].rpartition(":function:")[2]),
+                m["EventSourceArn"].rpartition(":stream/")[2],
+                m["State"],
+                str(m["BatchSize"]),
+                str(m["ParallelizationFactor"]),
+                _rate(counters.get("succeeded_events", 0), done_before, elapsed),
+                f"{counters.get('invocations', 0):,}",
+                f"{counters.get('errors', 0):,}",
+                _age(max(ages) if ages else None),
+                m["LastProcessingResult"],
+            ]
+        )
+        old_shards = {s["shard_id"]: s for s in old["shards"]} if old else {}
+        for s in sorted(m["shards"], key=lambda s: s["shard_id"]):
+            was = old_shards.get(s["shard_id"])
+            shards.append(
+                [
+                    m["UUID"][:8],
+                    s["shard_id"],
+                    s["state"],
+                    _rate(s["records_invoked"], was["records_invoked"] if was else None, elapsed),
+                    str(s["records_buffered"]),
+                    f"{s['lanes_busy']}/{s['lanes']}",
+                    _age(s["iterator_age_ms"]),
+                    _age(s["millis_behind_latest"]),
+                    _short(s["checkpoint"]) if short else s["checkpoint"] or "-",
+                ]
+            )
+    return mappings, shards
+
+
 def _table(title: str, columns: str) -> Table:
     table = Table(
         title=title,
@@ -101,56 +160,79 @@ def _table(title: str, columns: str) -> Table:
         pad_edge=False,
         collapse_padding=True,
     )
-    *fixed, last = columns.split()
+    *fixed, last = _headers(columns)
     for column in fixed:
         table.add_column(column, no_wrap=True)
-    table.add_column(last.replace("-", " "), overflow="fold", min_width=14)  # may wrap
+    table.add_column(last, overflow="fold", min_width=14)  # may wrap
     return table
 
 
 def render(snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None = None) -> Group:
-    """Two tables: mappings, then shards. ``previous``: the reading before, for rates."""
-    elapsed = snapshot["time"] - previous["time"] if previous else 0.0
-    before = {m["UUID"]: m for m in (previous or {}).get("mappings", [])}
-    mappings = _table(
-        "Event source mappings",
-        "UUID Function Stream State Batch PF rec/s Invocations Errors Age Last-result",
-    )
-    shards = _table("Shards", "Mapping Shard State rec/s Buffered Busy Age Behind Checkpoint")
-    for m in snapshot.get("mappings", []):
-        old = before.get(m["UUID"])
-        counters = m.get("counters", {})
-        done_before = old["counters"].get("succeeded_events") if old else None
-        ages = [s["iterator_age_ms"] for s in m["shards"] if s["iterator_age_ms"] is not None]
-        result = m["LastProcessingResult"]
+    """Two tables for a terminal: mappings, then shards."""
+    mapping_rows, shard_rows = rows(snapshot, previous)
+    mappings = _table(MAPPINGS_TITLE, MAPPING_COLUMNS)
+    for row in mapping_rows:
+        state, result = row[3], row[-1]
         mappings.add_row(
-            m["UUID"][:8],
-            m.get("FunctionName", m["FunctionArn"].rpartition(":function:")[2]),
-            m["EventSourceArn"].rpartition(":stream/")[2],
-            Text(m["State"], style=_STATE_STYLE.get(m["State"], "cyan")),
-            str(m["BatchSize"]),
-            str(m["ParallelizationFactor"]),
-            _rate(counters.get("succeeded_events", 0), done_before, elapsed),
-            f"{counters.get('invocations', 0):,}",
-            f"{counters.get('errors', 0):,}",
-            _age(max(ages) if ages else None),
+            *row[:3],
+            Text(state, style=_STATE_STYLE.get(state, "cyan")),
+            *row[4:-1],
             Text(result, style="red" if result.startswith("PROBLEM") else ""),
         )
-        old_shards = {s["shard_id"]: s for s in old["shards"]} if old else {}
-        for s in sorted(m["shards"], key=lambda s: s["shard_id"]):
-            was = old_shards.get(s["shard_id"])
-            shards.add_row(
-                m["UUID"][:8],
-                s["shard_id"],
-                s["state"],
-                _rate(s["records_invoked"], was["records_invoked"] if was else None, elapsed),
-                str(s["records_buffered"]),
-                f"{s['lanes_busy']}/{s['lanes']}",
-                _age(s["iterator_age_ms"]),
-                _age(s["millis_behind_latest"]),
-                _short(s["checkpoint"]),
-            )
+    shards = _table(SHARDS_TITLE, SHARD_COLUMNS)
+    for row in shard_rows:
+        shards.add_row(*row)
     return Group(mappings, shards)
+
+
+def _plain_table(title: str, columns: str, cells: list[list[str]]) -> list[str]:
+    headers = _headers(columns)
+    widths = [max(len(row[i]) for row in [headers, *cells]) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+
+    return [title, *(line(row).rstrip() for row in [headers, *cells])]
+
+
+def plain(snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None = None) -> str:
+    """The two tables as plain text, every row whole on one line whatever its width: for a
+    pipe or a file (grep, logs), where a terminal's width means nothing."""
+    mapping_rows, shard_rows = rows(snapshot, previous, short=False)
+    stamp = datetime.fromtimestamp(snapshot["time"], UTC).isoformat(timespec="seconds")
+    lines = [
+        f"# {stamp.replace('+00:00', 'Z')}",
+        *_plain_table(MAPPINGS_TITLE, MAPPING_COLUMNS, mapping_rows),
+        "",
+        *_plain_table(SHARDS_TITLE, SHARD_COLUMNS, shard_rows),
+    ]
+    return "\n".join(lines)
+
+
+class _Output:
+    """Where the readings go: a live table on a terminal; plain text or JSON lines elsewhere,
+    one reading per refresh."""
+
+    def __init__(self, console: Console, as_json: bool) -> None:
+        self.console = console
+        self.as_json = as_json
+        self.live = console.is_terminal and not as_json
+
+    def text(self, snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None) -> str:
+        if self.as_json:
+            return json.dumps(snapshot, separators=(",", ":"))
+        return plain(snapshot, previous)
+
+    def write(self, snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None) -> None:
+        gap = "\n" if previous is not None and not self.as_json else ""  # between readings
+        self.console.file.write(gap + self.text(snapshot, previous) + "\n")
+        self.console.file.flush()
+
+    def message(self, text: str) -> None:
+        if self.live:
+            self.console.print(text)
+        else:
+            print(text, file=sys.stderr)
 
 
 def run_status(
@@ -158,22 +240,33 @@ def run_status(
     *,
     interval: float = 2.0,
     once: bool = False,
+    as_json: bool = False,
     console: Console | None = None,
 ) -> int:
-    """Print the table once, or refresh it every ``interval`` seconds until Ctrl-C."""
+    """Print the tables once, or every ``interval`` seconds until Ctrl-C: a live table on a
+    terminal; off a terminal (a pipe, a file) plain full-width rows, or with ``as_json`` the
+    daemon's /status as one JSON line, per reading."""
     console = console or Console()
+    output = _Output(console, as_json)
     try:
         snapshot = source.fetch()
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         if isinstance(exc, urllib.error.HTTPError):
             reason = f"{exc.code} {exc.headers.get('x-amzn-ErrorType') or exc.reason}"
-        console.print(f"kinesis-esm status: cannot read {source.url}/status: {reason}")
+        output.message(f"kinesis-esm status: cannot read {source.url}/status: {reason}")
         return 1
-    if once:
-        console.print(render(snapshot))
-        return 0
     try:
+        if not output.live:
+            output.write(snapshot, None)
+            while not once:
+                time.sleep(interval)
+                previous, snapshot = snapshot, source.fetch()
+                output.write(snapshot, previous)
+            return 0
+        if once:
+            console.print(render(snapshot))
+            return 0
         with Live(render(snapshot), console=console, refresh_per_second=4) as live:
             while True:
                 time.sleep(interval)
@@ -181,6 +274,8 @@ def run_status(
                 live.update(render(snapshot, previous))
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:  # | head: the reader has had enough
+        return 0
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        console.print(f"kinesis-esm status: lost the daemon at {source.url}: {exc}")
+        output.message(f"kinesis-esm status: lost the daemon at {source.url}: {exc}")
         return 1

@@ -35,6 +35,7 @@ timestamps in the future or negative, more than 5 filters, destination kinds,
 from __future__ import annotations
 
 import json
+import math
 
 __all__ = [
     "INVALID_PARAMETER_VALUE",
@@ -99,6 +100,26 @@ def _camel(name: str) -> str:
     return head + "".join(word.title() for word in rest)
 
 
+def _number(value: int | float) -> str:
+    """``value`` for a message. An integer of more than 20 digits is shown rounded ("9.9e+5000"):
+    str() refuses one of more than 4,300 digits, and all of them would help nobody."""
+    if isinstance(value, bool) or not isinstance(value, int) or value.bit_length() <= 64:
+        return str(value)
+    exponent = math.log10(abs(value))  # exact enough for any size; no decimal conversion
+    whole = math.floor(exponent)
+    mantissa = 10 ** (exponent - whole)
+    if mantissa >= 9.95:  # would show as "10.0e+N"
+        mantissa, whole = 1.0, whole + 1
+    return f"{'-' if value < 0 else ''}{mantissa:.1f}e+{whole}"
+
+
+def _shown(value: object) -> str:
+    """A scalar as a message shows it: JSON, with huge integers in a bounded form."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _number(value)
+    return json.dumps(value)
+
+
 def _type_name(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return "array"
@@ -108,7 +129,7 @@ def _type_name(value: object) -> str:
 def _expect(name: str, value: object, kinds: tuple[type, ...], expected: str) -> None:
     """Strict types: a bool is not an integer and a float is not an integer."""
     if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        shown = f" {json.dumps(value)}" if isinstance(value, (bool, int, float, str)) else ""
+        shown = f" {_shown(value)}" if isinstance(value, (bool, int, float, str)) else ""
         raise ConfigError(f"must be {expected}, got {_type_name(value)}{shown}", parameter=name)
 
 
@@ -122,7 +143,7 @@ def _in_range(name: str, value: object, lo: int | float, hi: int | float, member
     if lo <= value <= hi:
         return
     if not member:
-        raise ConfigError(f"must be between {lo} and {hi}, got {value}", parameter=name)
+        raise ConfigError(f"must be between {lo} and {hi}, got {_number(value)}", parameter=name)
     bound = f"greater than or equal to {lo}" if value < lo else f"less than or equal to {hi}"
     rule = f"Member must have value {bound}"
-    raise _constraint(name, f"'{value}'", member, rule, f"allowed: {lo}..{hi}")
+    raise _constraint(name, f"'{_number(value)}'", member, rule, f"allowed: {lo}..{hi}")

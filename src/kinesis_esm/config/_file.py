@@ -29,7 +29,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._criteria import Filter, FilterCriteria
+from ._criteria import Filter, FilterCriteria, check_filter
 from ._daemon import ControlConfig, DaemonConfig, FunctionConfig, KinesisConfig, StateConfig
 from ._errors import ConfigError
 from ._mapping import DestinationConfig, EventSourceMappingConfig, OnFailure
@@ -40,6 +40,12 @@ TOP_LEVEL_KEYS = ("kinesis", "state", "control", "functions", "event_source_mapp
 MAPPING_KEYS = tuple(f.name for f in dataclasses.fields(EventSourceMappingConfig))
 FUNCTION_KEYS = tuple(f.name for f in dataclasses.fields(FunctionConfig) if f.name != "name")
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+_DATES = (datetime.datetime, datetime.date, datetime.time)
+_KEY = re.compile(r"\s*([^\s=\[{#][^=]*?)\s*=")  # the key of a "key = value" line
+_MAX_DIGITS = 4300  # Python's limit on converting a decimal string to int
+_LONG_INTEGER = re.compile(rf"[0-9](?:_?[0-9]){{{_MAX_DIGITS},}}")
+_BAD_PATTERN = "Invalid filter pattern definition."  # Lambda's words
+_DEEP = "the pattern is nested too deeply"
 
 
 def _suggestion(key: str, valid: Sequence[str]) -> str | None:
@@ -112,9 +118,44 @@ def _filter_criteria(value: object, path: str) -> FilterCriteria:
         where = f"{path}.filters[{i}]"
         if "pattern" not in (table := _table(raw, where, ("pattern",))):
             raise ConfigError("is required", parameter=f"{where}.pattern")
-        pattern = table["pattern"]
-        parsed.append(Filter(json.dumps(pattern) if isinstance(pattern, Mapping) else pattern))
+        if isinstance(pattern := table["pattern"], Mapping):
+            pattern = _pattern_json(pattern, f"{where}.pattern")
+        flt = Filter(pattern)
+        try:  # checked here too, to name a pattern nested too deeply for the checker
+            check_filter(i, flt)
+        except RecursionError:
+            raise ConfigError(_BAD_PATTERN, parameter=f"{where}.pattern", hint=_DEEP) from None
+        except ConfigError as err:
+            raise err.under(path.removesuffix(".filter_criteria")) from None
+        parsed.append(flt)
     return FilterCriteria(tuple(parsed))
+
+
+class _NotJSON(TypeError):
+    def __init__(self, value: object) -> None:
+        super().__init__(value)
+        self.value = value
+
+
+def _not_json(value: object) -> object:
+    raise _NotJSON(value)
+
+
+def _pattern_json(pattern: Mapping[str, Any], parameter: str) -> str:
+    """A pattern written as a TOML table, as the JSON text Lambda takes."""
+    try:
+        return json.dumps(pattern, default=_not_json)
+    except _NotJSON as exc:  # a TOML date or time: JSON has none
+        value = exc.value
+        shown = value.isoformat() if isinstance(value, _DATES) else type(value).__name__
+        hint = f'write it as a string: "{shown}"'
+        message = f"a TOML {type(value).__name__} ({shown}) is not a JSON value"
+        raise ConfigError(message, parameter=parameter, hint=hint) from None
+    except RecursionError:
+        raise ConfigError(_BAD_PATTERN, parameter=parameter, hint=_DEEP) from None
+    except ValueError:  # json refuses an integer of more than 4,300 digits
+        hint = "it holds an integer too long for JSON"
+        raise ConfigError(_BAD_PATTERN, parameter=parameter, hint=hint) from None
 
 
 def _mapping(value: object, path: str) -> EventSourceMappingConfig:
@@ -139,6 +180,9 @@ def _mapping(value: object, path: str) -> EventSourceMappingConfig:
         return EventSourceMappingConfig(**kwargs)
     except ConfigError as err:
         raise err.under(path) from None
+    except RecursionError:  # only a pattern nests; checked above, but at a shallower stack
+        where = f"{path}.filter_criteria"
+        raise ConfigError(_BAD_PATTERN, parameter=where, hint=_DEEP) from None
 
 
 def _settings(table: Mapping[str, object], key: str, cls: type[Any]) -> Any:
@@ -187,6 +231,9 @@ def parse_config(data: Mapping[str, object], *, source: str = "<config>") -> Dae
         return _parse(data)
     except ConfigError as err:
         raise err.under("", source=source) from None
+    except RecursionError:  # a last guard: every nesting a check walks is caught nearer
+        message = "a value is nested too deeply"
+        raise ConfigError(message, parameter="", source=source) from None
 
 
 def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
@@ -194,18 +241,65 @@ def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
     source = os.fspath(path)
     try:
         with open(source, "rb") as file:
-            data = tomllib.load(file)
+            text = file.read().decode()
+        data = tomllib.loads(text)
     except OSError as exc:
         message = f"cannot read the configuration file: {exc.strerror or exc}"
         raise ConfigError(message, parameter="", source=source) from None
     except UnicodeDecodeError as exc:
         message = f"the configuration file is not UTF-8 text: {exc.reason}"
         raise ConfigError(message, parameter="", source=source) from None
+    except RecursionError:  # tomllib parses arrays and inline tables recursively
+        line, key = _deepest_nesting(text)
+        message = f"invalid TOML at line {line}: arrays or inline tables nested too deeply"
+        raise ConfigError(message, parameter=key, source=f"{source}:{line}") from None
     except tomllib.TOMLDecodeError as exc:
         reason = _TOML_POSITION.sub("", str(exc))
         if (m := _TOML_POSITION.search(str(exc))) is not None:
-            line, column = m.groups()
-            message = f"invalid TOML at line {line}, column {column}: {reason}"
-            raise ConfigError(message, parameter="", source=f"{source}:{line}") from None
+            at, column = m.groups()
+            message = f"invalid TOML at line {at}, column {column}: {reason}"
+            raise ConfigError(message, parameter="", source=f"{source}:{at}") from None
         raise ConfigError(f"invalid TOML: {reason}", parameter="", source=source) from None
+    except ValueError:  # not a TOMLDecodeError: int() refuses more than 4,300 digits
+        if (m := _LONG_INTEGER.search(text)) is None:
+            raise ConfigError("invalid TOML", parameter="", source=source) from None
+        line = text.count("\n", 0, m.start()) + 1
+        message = f"invalid TOML at line {line}: an integer of more than {_MAX_DIGITS:,} digits"
+        raise ConfigError(message, parameter="", source=f"{source}:{line}") from None
     return parse_config(data, source=source)
+
+
+def _deepest_nesting(text: str) -> tuple[int, str]:
+    """The line where arrays and inline tables nest deepest, and the key whose value that is
+    (best effort, for the message: comments and strings are skipped, multi-line ones too)."""
+    depth = deepest = 0
+    line = where = opened = key_line = 1
+    i, n = 0, len(text)
+    while i < n:
+        char = text[i]
+        if char == "\n":
+            line += 1
+        elif char == "#":
+            i = text.find("\n", i)
+            i = n if i < 0 else i
+            continue
+        elif char in "\"'":
+            quote = text[i : i + 3] if text[i : i + 3] in ('"""', "'''") else char
+            end = i + len(quote)
+            while end < n and not text.startswith(quote, end):
+                if char == '"' and text[end] == "\\":
+                    end += 1  # an escape in a basic string
+                end += 1
+            line += text.count("\n", i, end)
+            i = end + len(quote)
+            continue
+        elif char in "[{":
+            opened = line if depth == 0 else opened
+            depth += 1
+            if depth > deepest:
+                deepest, where, key_line = depth, line, opened
+        elif char in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    key = _KEY.match(text.splitlines()[key_line - 1]) if text else None
+    return where, key[1] if key else ""

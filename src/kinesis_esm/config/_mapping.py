@@ -16,7 +16,7 @@ from typing import Any
 
 from ._arn import DESTINATION, FUNCTION_NAME_PATTERN, FUNCTION_REF, KinesisArn, parse_kinesis_arn
 from ._criteria import MAX_FILTERS, FilterCriteria, check_filter
-from ._errors import ConfigError, _camel, _constraint, _expect, _in_range
+from ._errors import ConfigError, _camel, _constraint, _expect, _in_range, _number
 
 __all__ = [
     "DestinationConfig",
@@ -94,7 +94,7 @@ class EventSourceMappingConfig:
         if (limit := self.max_buffered_records) is not None:
             _expect("max_buffered_records", limit, (int,), "an integer")
             if limit < self.batch_size:
-                message = f"must be at least batch_size ({self.batch_size}), got {limit}"
+                message = f"must be at least batch_size ({self.batch_size}), got {_number(limit)}"
                 raise ConfigError(message, parameter="max_buffered_records")
         if self.uuid is not None:
             _expect("uuid", self.uuid, (str,), "a string")
@@ -157,11 +157,13 @@ class EventSourceMappingConfig:
             raise ConfigError(
                 "Timestamp only valid with StartingPosition AT_TIMESTAMP", parameter=name
             )
-        if not math.isfinite(ts) or ts < 0:
-            raise ConfigError(f"must be a Unix time in seconds, got {ts}", parameter=name)
+        # an int may be too large for a float: compare it as it is, never convert it first
+        if ts < 0 or (isinstance(ts, float) and not math.isfinite(ts)):
+            message = f"must be a Unix time in seconds, got {_number(ts)}"
+            raise ConfigError(message, parameter=name)
         if ts > time.time():
             raise ConfigError(
-                f"{ts} is in the future", parameter=name, hint="must not be after now"
+                f"{_number(ts)} is in the future", parameter=name, hint="must not be after now"
             )
         object.__setattr__(self, name, float(ts))
 

@@ -322,6 +322,37 @@ def test_a_write_whose_answer_was_lost_is_adopted_not_lost() -> None:
     anyio.run(main)
 
 
+def test_a_lease_handed_to_a_worker_that_is_stopping_is_passed_on_at_once() -> None:
+    async def main() -> None:
+        clock = _Clock()
+        store = MemoryLeaseStore()
+        for shard in ("s1", "s2"):
+            await store.create_lease("m", shard)
+        cfg = CoordinatorSettings(failover_time=3.0, take_interval=1.0)
+        a = LeaseCoordinator(store, "m", "a", _NullConsumer(), cfg, clock=clock)
+        b = LeaseCoordinator(store, "m", "b", _NullConsumer(), cfg, clock=clock)
+        await a.heartbeat()
+        await a.take_round()  # a takes both before b exists
+        await b.heartbeat()
+        clock.now += 1.0
+        for c in (a, b):
+            await c.heartbeat()
+            await c.take_round()  # b is warm now and asks for one of a's leases
+        assert b.statistics().requests_pending == 1
+        await b.release_all()  # b stops before the hand-off arrives ...
+        clock.now += 1.0
+        await a.renew_round()
+        await a.handoff_round()  # ... a hands it to b all the same ...
+        given = [lease for lease in (await store.read_fleet("m")).leases if lease.owner == "b"]
+        assert len(given) == 1
+        await b.renew_round()  # ... and b passes it on to nobody instead of sitting on it
+        row = await store.get_lease("m", given[0].shard_id)
+        assert row is not None and row.owner is None and b.statistics().requests_pending == 0
+        assert b.held_leases() == {}
+
+    anyio.run(main)
+
+
 @dataclass
 class _Clock:
     now: float = 0.0
@@ -574,9 +605,10 @@ class FleetSim:
             await c.take_round()
             await worker.consumer.work()
         elif worker.state == "stopping":
-            await c.renew_round()  # retries releases that failed
-            if not c.held_leases():
-                worker.state = "gone"
+            await c.renew_round()  # retries failed releases, passes on leases handed to it
+            pending = c.statistics().requests_pending
+            if not c.held_leases() and (not pending or self.ticks >= worker.resume_at):
+                worker.state = "gone"  # as run() does, within a bound
         caps = SIM_SETTINGS.balance
         assert self.store.moves["request", name] <= caps.max_handoffs_per_round
         assert (
@@ -610,16 +642,16 @@ class FleetSim:
         if event.kind == "add":
             self.add_worker()
         elif event.kind in ("kill", "pause", "stop") and (w := self.pick(event.arg)):
-            self.dirty.update(w.consumer.positions)
             if event.kind == "kill":
+                self.dirty.update(w.consumer.positions)
                 w.state = "gone"
             elif event.kind == "pause":
+                self.dirty.update(w.consumer.positions)
                 w.state, w.resume_at = "paused", self.ticks + PAUSED_TICKS[event.arg % 5]
-            else:
-                self.dirty.difference_update(w.consumer.positions)  # graceful: exact
+            else:  # graceful: exact, unless an earlier failure already marked the shard
                 await w.coordinator.release_all()
                 await w.coordinator.deregister()
-                w.state = "stopping"
+                w.state, w.resume_at = "stopping", self.ticks + 3
         elif event.kind == "finish" and open_rows:
             shard = open_rows[event.arg % len(open_rows)]
             for w in self.workers:

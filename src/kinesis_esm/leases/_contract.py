@@ -93,6 +93,7 @@ class LeaseStatistics:
     renewal_failures: int  # renewals and checkpoints that failed on transport
     read_failures: int  # table reads, takes, requests and heartbeats that failed
     live_workers: int
+    requests_pending: int  # hand-offs this worker asked for that have not arrived yet
 
 
 def parents_first(shards: Mapping[str, Sequence[str]]) -> list[str]:

@@ -127,6 +127,7 @@ class LeaseCoordinator:
             renewal_failures=c["renewal_failures"],
             read_failures=c["read_failures"],
             live_workers=len(self._held.live),
+            requests_pending=len(self._requested),
         )
 
     def snapshot(self) -> FleetSnapshot | None:
@@ -153,6 +154,9 @@ class LeaseCoordinator:
                 await self.release_all()
                 with anyio.move_on_after(s.hold_time + s.renew_interval):
                     await self._held.wait_empty()  # the renew loop retries failed releases
+                    # ... and passes on leases handed to us meanwhile (bounded by the scope)
+                    while self._requested:  # noqa: ASYNC110
+                        await anyio.sleep(s.renew_interval / 4)
                 renew_scope.cancel()
                 await self.deregister()
         finally:
@@ -206,9 +210,8 @@ class LeaseCoordinator:
         async with anyio.create_task_group() as group:
             for shard in self._held.shards():
                 group.start_soon(self._held.renew, shard)
-            if not self._stopping:
-                for shard in list(self._requested):
-                    group.start_soon(self._poll_request, shard)
+            for shard in list(self._requested):
+                group.start_soon(self._poll_request, shard)
 
     async def handoff_round(self) -> None:
         async with anyio.create_task_group() as group:
@@ -310,10 +313,23 @@ class LeaseCoordinator:
             return
         if lease is None or lease.finished:
             self._requested.pop(shard, None)
+        elif self._stopping:  # too late: pass a lease handed to us on to nobody, at once
+            if lease.owner == self.worker_id:
+                await self._pass_on(lease)
+            elif lease.handoff_target != self.worker_id:
+                self._requested.pop(shard, None)
         elif lease.owner in (None, self.worker_id):  # handed to us, or released to nobody
             await self._take(lease)
         elif lease.handoff_target != self.worker_id:  # another worker's request replaced ours
             self._requested.pop(shard, None)
+
+    async def _pass_on(self, lease: Lease) -> None:
+        try:
+            await self._store.release(lease)
+        except LeaseStoreError:
+            self._counts["renewal_failures"] += 1
+            return  # the next poll retries; past the stop's bound the lease expires instead
+        self._requested.pop(lease.shard_id, None)
 
     def _dead_for_long(self, worker_id: str, now: float) -> bool:
         unchanged = self._worker_seen.unchanged_for(worker_id, now)

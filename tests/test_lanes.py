@@ -17,6 +17,7 @@ restart from the last stored checkpoint. After every step it checks, against a p
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -563,3 +564,62 @@ def test_empty_reads_change_nothing() -> None:
     assert scheduler.buffered == 0
     assert scheduler.update_low_water() is None
     assert scheduler.highest_sequence is None
+
+
+# -- filtered-out records (FilterCriteria) ------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keys=st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=60),
+    keep_bits=st.lists(st.booleans(), min_size=60, max_size=60),
+    factor=st.integers(1, 4),
+    batch_size=st.integers(1, 5),
+    chunk=st.integers(1, 20),
+    order=st.randoms(use_true_random=False),
+)
+def test_filtered_out_records_are_never_delivered_and_never_hold_the_checkpoint(
+    keys: list[str],
+    keep_bits: list[bool],
+    factor: int,
+    batch_size: int,
+    chunk: int,
+    order: random.Random,
+) -> None:
+    records = make_records(keys)
+    keep = keep_bits[: len(records)]
+    scheduler = ShardScheduler(factor)
+    delivered: list[int] = []  # stream positions, in the order invoked
+    finished: set[int] = set()
+    position = {r.sequence_number: i for i, r in enumerate(records)}
+    read = 0
+    for _ in range(10 * len(records) + 20):  # bounded: every step reads or finishes something
+        if read < len(records) and order.random() < 0.5:
+            scheduler.ingest(records[read : read + chunk], keep[read : read + chunk])
+            read = min(len(records), read + chunk)
+        lanes = [lane for lane in scheduler.lanes if lane.in_flight is not None or lane.count]
+        if not lanes:
+            if read == len(records):
+                break
+            continue
+        lane = order.choice(lanes)
+        if lane.in_flight is None:
+            batch = lane.take(batch_size)
+            delivered.extend(position[r.sequence_number] for r in batch.records)
+        else:
+            batch = lane.in_flight
+            lane.finish(batch)
+            finished.update(position[r.sequence_number] for r in batch.records)
+        scheduler.update_low_water()
+        low = scheduler.done_index
+        # never past a kept record that is not finished
+        assert all(i in finished for i in range(low + 1) if keep[i]), (low, finished)
+    assert read == len(records)
+    kept = [i for i in range(len(records)) if keep[i]]
+    assert sorted(delivered) == kept  # every kept record once, no filtered-out one
+    for key in set(keys):  # per-key order among kept records
+        mine = [i for i in delivered if records[i].partition_key == key]
+        assert mine == sorted(mine)
+    assert scheduler.update_low_water() in (None, records[-1].sequence_number)
+    assert scheduler.done_index == len(records) - 1  # filtered-out tail passed too
+    assert scheduler.buffered == 0

@@ -25,9 +25,9 @@ from .config import (
 )
 from .engine import Engine
 from .engine._gc import tune_gc
-from .events._lambda import LambdaContext, build_event
+from .events._lambda import build_event
 from .events._record import Record
-from .functions import CallableFunction, InvokeResult
+from .functions import CallableFunction, InvokeResult, LambdaContext
 from .pipeline._settings import PollSettings, RetrySettings
 from .source import KinesisSource, MemoryStream
 from .state import MemoryCheckpointStore, SQLiteCheckpointStore

@@ -27,6 +27,7 @@ class MappingCounters:
     on_failure_delivered_events: int = 0  # OnFailureDestinationDeliveredEventCount
     destination_delivery_failures: int = 0  # DestinationDeliveryFailures
     filtered_out_events: int = 0  # FilteredOutEventCount
+    deaggregation_errors: int = 0  # KPL aggregates that did not parse, delivered whole
     oversized_batches: int = 0  # single records too large for a 6 MB event, sent alone
     get_records_calls: int = 0
     source_errors: int = 0

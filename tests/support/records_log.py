@@ -25,9 +25,15 @@ BLOCK_ENV = "RECORDS_BLOCK"
 MAX_BLOCK_SECONDS = 60.0
 
 
+def _daemon_pid() -> int:
+    """The pid of the daemon that invoked: in an execution environment (a worker process of
+    the daemon, which sets Lambda's variables) the parent's, else this process's own."""
+    return os.getppid() if "AWS_LAMBDA_FUNCTION_NAME" in os.environ else os.getpid()
+
+
 @dataclass(frozen=True)
 class LogEntry:
-    pid: int
+    pid: int  # the daemon's
     phase: str  # "start" | "done"
     request_id: str
     ids: tuple[str, ...]  # the batch's eventIDs, shardId:sequenceNumber
@@ -44,7 +50,7 @@ def _append(entry: dict[str, Any]) -> None:
 
 def handler(event: dict[str, Any], context: Any) -> None:
     entry = {
-        "pid": os.getpid(),
+        "pid": _daemon_pid(),
         "request_id": context.aws_request_id,
         "ids": [r["eventID"] for r in event["Records"]],
     }

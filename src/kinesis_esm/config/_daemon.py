@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ._arn import FUNCTION_REF, REGION, stable_uuid
 from ._errors import RESOURCE_CONFLICT, ConfigError, _expect, _in_range
+from ._functions import FunctionConfig
 from ._mapping import EventSourceMappingConfig
 
 __all__ = [
@@ -21,9 +22,6 @@ __all__ = [
     "KinesisConfig",
     "StateConfig",
 ]
-
-_HANDLER = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
-_ROLE = re.compile(r"arn:aws[a-zA-Z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,42 +50,6 @@ class StateConfig:
         _expect("path", self.path, (str,), "a string")
         if not self.path:
             raise ConfigError("must not be empty", parameter="path")
-
-
-@dataclass(frozen=True, slots=True)
-class FunctionConfig:
-    name: str
-    handler: str
-    timeout: float = 3
-    memory_size: int = 128
-    role: str | None = None
-
-    def __post_init__(self) -> None:
-        _expect("name", self.name, (str,), "a string")
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.name):
-            message = f"{self.name!r} is not a function name"
-            hint = "1 to 64 letters, digits, hyphens or underscores"
-            raise ConfigError(message, parameter="name", hint=hint)
-        _expect("handler", self.handler, (str,), 'a string "package.module:attribute"')
-        if _HANDLER.fullmatch(self.handler) is None:
-            message = f"{self.handler!r} is not of the form package.module:attribute"
-            raise ConfigError(message, parameter="handler")
-        _in_range("timeout", self.timeout, 1.0, 900.0)
-        object.__setattr__(self, "timeout", float(self.timeout))
-        _in_range("memory_size", self.memory_size, 128, 10240)
-        if self.role is not None:
-            _expect("role", self.role, (str,), "a string")
-            if _ROLE.fullmatch(self.role) is None:
-                message = f"{self.role!r} is not an IAM role ARN"
-                raise ConfigError(
-                    message, parameter="role", hint="arn:aws:iam::<account>:role/<name>"
-                )
-
-    def arn(self, region: str, account_id: str) -> str:
-        partition = (
-            "aws-cn" if region.startswith("cn-") else "aws-us-gov" if "-gov-" in region else "aws"
-        )
-        return f"arn:{partition}:lambda:{region}:{account_id}:function:{self.name}"
 
 
 CONTROL_AUTH = ("none", "sigv4", "bearer")

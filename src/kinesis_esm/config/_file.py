@@ -197,8 +197,6 @@ def _settings(table: Mapping[str, object], key: str, cls: type[Any]) -> Any:
 def _function(name: str, value: object) -> FunctionConfig:
     path = f"functions.{name}"
     fields = _table(value, path, FUNCTION_KEYS)
-    if "handler" not in fields:
-        raise ConfigError('is required: "package.module:attribute"', parameter=f"{path}.handler")
     try:
         return FunctionConfig(name, **fields)
     except ConfigError as err:

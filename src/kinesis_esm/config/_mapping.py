@@ -71,6 +71,8 @@ class EventSourceMappingConfig:
     # kinesis-esm: when the on-failure destination cannot take a report, "retry" waits and
     # retries (nothing lost); "drop" is Lambda's behaviour (count and go on)
     on_failure_delivery: str = "retry"
+    # kinesis-esm: split KPL aggregates into their user records, each its own event record
+    deaggregate: bool = False
     uuid: str | None = None  # assigned by the runtime (see stable_uuid)
 
     def __post_init__(self) -> None:
@@ -80,7 +82,7 @@ class EventSourceMappingConfig:
         if 0 <= self.maximum_record_age_in_seconds < 60:
             message = "MaximumRecordAgeInSeconds must be either -1 (forever) or between 60 and 604800 (inclusive)"  # noqa: E501
             raise ConfigError(message, parameter="maximum_record_age_in_seconds")
-        for flag in ("enabled", "bisect_batch_on_function_error"):
+        for flag in ("enabled", "bisect_batch_on_function_error", "deaggregate"):
             _expect(flag, getattr(self, flag), (bool,), "a boolean")
         self._check_starting_position()
         self._check_response_types()

@@ -35,6 +35,7 @@ SUPPORTED_FEATURES: frozenset[str] = frozenset(
         "bisect_batch_on_function_error",
         "function_response_types",
         "destination_config",
+        "filter_criteria",
     }
 )
 
@@ -135,8 +136,12 @@ class Engine:
         *,
         function_timeout: float = 3.0,
         invoke_identity_arn: str | None = None,
+        owns_function: bool = False,
     ) -> str:
-        """Start a mapping; returns its UUID. ``function`` may be a plain callable."""
+        """Start a mapping; returns its UUID. ``function`` may be a plain callable.
+
+        ``owns_function``: the mapping closes the function (its ``aclose()``, if it has one)
+        once it has stopped; otherwise the caller does."""
         if self._tg is None:
             raise RuntimeError("use the engine inside 'async with'")
         unsupported_features(config, SUPPORTED_FEATURES)
@@ -157,6 +162,7 @@ class Engine:
             retry_settings=self.retry_settings,
             shard_sync_interval=self.shard_sync_interval,
             invoke_identity_arn=invoke_identity_arn,
+            owns_function=owns_function,
         )
         if runner.uuid in self._mappings:
             raise ValueError(f"mapping {runner.uuid} is already running")

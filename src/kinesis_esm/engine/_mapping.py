@@ -22,6 +22,7 @@ from ..pipeline._consumer import ShardConsumer
 from ..pipeline._ports import MappingIdentity, StoreCommitter
 from ..pipeline._processor import BatchProcessor
 from ..pipeline._settings import PollSettings, RetrySettings
+from ..policy._filters import RecordFilter
 from ..source import IteratorPosition, ShardInfo, StreamSource
 from ..state import SHARD_END, CheckpointStore
 
@@ -42,9 +43,11 @@ class MappingRunner:
         retry_settings: RetrySettings | None = None,
         shard_sync_interval: float = 60.0,
         invoke_identity_arn: str | None = None,
+        owns_function: bool = False,
     ) -> None:
         self.config = config
         self.function = function
+        self._owns_function = owns_function
         self.source = source
         self.store = store
         self.uuid = config.uuid or stable_uuid(config.function_name, config.event_source_arn)
@@ -56,7 +59,13 @@ class MappingRunner:
         self.poll_settings = poll_settings or PollSettings()
         self.retry_settings = retry_settings or RetrySettings()
         self.shard_sync_interval = shard_sync_interval
-        self.identity = MappingIdentity(self.uuid, config, self.invoke_identity_arn)
+        filters = config.filter_criteria.filters if config.filter_criteria else ()
+        self.identity = MappingIdentity(
+            self.uuid,
+            config,
+            self.invoke_identity_arn,
+            RecordFilter.compile([f.pattern for f in filters]) if filters else None,
+        )
         self.counters = MappingCounters()
         self.committer = StoreCommitter(store, self.uuid)
         self.processor = BatchProcessor(
@@ -126,6 +135,9 @@ class MappingRunner:
         finally:
             with anyio.CancelScope(shield=True):
                 await self.processor.aclose()  # the on-failure destination's client
+                close = getattr(self.function, "aclose", None)
+                if self._owns_function and close is not None:
+                    await close()  # environments, HTTP sessions, clients
             self.stopped.set()
 
     def stop(self) -> None:
@@ -207,6 +219,9 @@ class MappingRunner:
 
     def _start_position(self, shard: ShardInfo, checkpoint: str | None) -> IteratorPosition:
         if checkpoint is not None:
+            sequence, within, _ = checkpoint.partition(":")
+            if within:  # inside a KPL aggregate: read it again, the consumer skips what was done
+                return IteratorPosition("AT_SEQUENCE_NUMBER", sequence_number=sequence)
             return IteratorPosition.after(checkpoint)
         cfg = self.config
         first_listing = self._first_listing or set()

@@ -1,9 +1,7 @@
-"""Lambda's Kinesis event, built per batch, and the context object handlers receive."""
+"""Lambda's Kinesis event, built per batch (the context object is the functions' concern)."""
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +10,7 @@ import orjson
 
 from ._record import Record
 
-__all__ = ["EventSource", "LambdaContext", "build_event", "event_record_overhead"]
+__all__ = ["EventSource", "build_event", "event_record_overhead"]
 
 # Lambda's synchronous invocation payload limit: a batch's serialized event stays within it.
 MAX_EVENT_BYTES = 6 * 1024 * 1024
@@ -46,12 +44,19 @@ def build_event(source: EventSource, records: Sequence[Record]) -> dict[str, Any
         }
         if r.encryption_type is not None:
             kinesis["encryptionType"] = r.encryption_type
+        event_id = shard_prefix + r.sequence_number
+        if r.sub_sequence_number is not None:  # a user record of a KPL aggregate
+            # aws-kinesis-agg's field names, so handlers written for its deaggregator still work
+            kinesis["subSequenceNumber"] = r.sub_sequence_number
+            if r.explicit_hash_key is not None:
+                kinesis["explicitHashKey"] = r.explicit_hash_key
+            event_id = f"{event_id}:{r.sub_sequence_number}"
         append(
             {
                 "kinesis": kinesis,
                 "eventSource": "aws:kinesis",
                 "eventVersion": "1.0",
-                "eventID": shard_prefix + r.sequence_number,
+                "eventID": event_id,
                 "eventName": "aws:kinesis:record",
                 "invokeIdentityArn": role,
                 "awsRegion": region,
@@ -59,6 +64,13 @@ def build_event(source: EventSource, records: Sequence[Record]) -> dict[str, Any
             }
         )
     return {"Records": out}
+
+
+# What a user record of a KPL aggregate adds at most: its sub-sequence number (in the kinesis
+# object and in eventID) and an explicit hash key (up to 39 digits).
+USER_RECORD_OVERHEAD = (
+    len(',"subSequenceNumber":') + 20 + 1 + 20 + len(',"explicitHashKey":""') + 39
+)
 
 
 def event_record_overhead(source: EventSource) -> int:
@@ -79,46 +91,3 @@ def record_event_size(record: Record, overhead: int) -> int:
     key_len = len(key) if key.isascii() and key.isprintable() else len(orjson.dumps(key)) - 2
     key_len += key.count('"') + key.count("\\")
     return overhead + len(record.data_b64) + 2 * len(record.sequence_number) + key_len
-
-
-class LambdaContext:
-    """What Lambda handlers read from ``context``."""
-
-    __slots__ = (
-        "_deadline",
-        "aws_request_id",
-        "client_context",
-        "function_name",
-        "function_version",
-        "identity",
-        "invoked_function_arn",
-        "log_group_name",
-        "log_stream_name",
-        "memory_limit_in_mb",
-    )
-
-    def __init__(
-        self,
-        function_name: str,
-        invoked_function_arn: str,
-        memory_limit_in_mb: int,
-        timeout: float,
-        aws_request_id: str | None = None,
-    ) -> None:
-        self.aws_request_id = aws_request_id or str(uuid.uuid4())
-        self.function_name = function_name
-        self.function_version = "$LATEST"
-        self.invoked_function_arn = invoked_function_arn
-        # a string, as in Lambda's Python runtime (it reads an environment variable)
-        self.memory_limit_in_mb = str(memory_limit_in_mb)
-        self.log_group_name = f"/aws/lambda/{function_name}"
-        self.log_stream_name = "kinesis-esm"
-        self.identity = None
-        self.client_context = None
-        self._deadline = time.monotonic() + timeout
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
-
-    def __repr__(self) -> str:
-        return f"LambdaContext(function_name={self.function_name!r}, request={self.aws_request_id})"

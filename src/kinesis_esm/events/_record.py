@@ -20,8 +20,10 @@ class Record:
         "approximate_arrival_timestamp",
         "data_b64",
         "encryption_type",
+        "explicit_hash_key",
         "partition_key",
         "sequence_number",
+        "sub_sequence_number",
     )
 
     def __init__(
@@ -31,12 +33,17 @@ class Record:
         data_b64: str,
         approximate_arrival_timestamp: float,
         encryption_type: str | None = None,
+        sub_sequence_number: int | None = None,
+        explicit_hash_key: str | None = None,
     ) -> None:
         self.sequence_number = sequence_number
         self.partition_key = partition_key
         self.data_b64 = data_b64
         self.approximate_arrival_timestamp = approximate_arrival_timestamp
         self.encryption_type = encryption_type
+        # a user record of a KPL aggregate (deaggregate = true): its place in the aggregate
+        self.sub_sequence_number = sub_sequence_number
+        self.explicit_hash_key = explicit_hash_key
         self._data: bytes | None = None
 
     @classmethod
@@ -47,6 +54,8 @@ class Record:
         data: bytes,
         approximate_arrival_timestamp: float,
         encryption_type: str | None = None,
+        sub_sequence_number: int | None = None,
+        explicit_hash_key: str | None = None,
     ) -> Record:
         record = cls(
             sequence_number,
@@ -54,6 +63,8 @@ class Record:
             base64.b64encode(data).decode("ascii"),
             approximate_arrival_timestamp,
             encryption_type,
+            sub_sequence_number,
+            explicit_hash_key,
         )
         record._data = data
         return record
@@ -71,6 +82,13 @@ class Record:
                 ) from exc
             self._data = data
         return data
+
+    @property
+    def record_id(self) -> str:
+        """What names this record in a checkpoint, an eventID and a batchItemFailures item: its
+        sequence number, or ``"<sequence>:<sub-sequence>"`` for a user record of an aggregate."""
+        sub = self.sub_sequence_number
+        return self.sequence_number if sub is None else f"{self.sequence_number}:{sub}"
 
     @property
     def sequence_int(self) -> int:
@@ -91,6 +109,8 @@ class Record:
             and self.data_b64 == other.data_b64
             and self.approximate_arrival_timestamp == other.approximate_arrival_timestamp
             and self.encryption_type == other.encryption_type
+            and self.sub_sequence_number == other.sub_sequence_number
+            and self.explicit_hash_key == other.explicit_hash_key
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable cache; equality is by value

@@ -23,7 +23,7 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from ..events._lambda import LambdaContext
+from ._context import LambdaContext
 
 __all__ = [
     "CallableFunction",

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 
 from ._output import OutputForwarder
@@ -24,6 +25,28 @@ class _ExitWatch(asyncio.SubprocessProtocol):
 
     def process_exited(self) -> None:
         self.on_exit()
+
+
+# An environment must not outlive its daemon: after a kill -9 of the daemon, a worker left
+# running would finish its batch behind the restarted daemon's back. On Linux the child asks
+# for SIGKILL when its parent dies (PR_SET_PDEATHSIG survives the exec), then checks that the
+# parent did not die already, and execs the command. Elsewhere the command runs as it is.
+_GUARD = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _guarded(command: Sequence[str]) -> list[str]:
+    if not sys.platform.startswith("linux"):
+        return list(command)
+    return [sys.executable, "-I", "-S", "-c", _GUARD, str(os.getpid()), *command]
 
 
 class ChildProcess:
@@ -57,7 +80,7 @@ class ChildProcess:
                 )
             child._transport, _ = await loop.subprocess_exec(
                 lambda: _ExitWatch(child._exited),
-                *command,
+                *_guarded(command),
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,

@@ -23,9 +23,10 @@ from .._errors import (
     TrimmedPositionError,
 )
 from .._statistics import MappingCounters, ShardStatistics
-from ..events._lambda import MAX_EVENT_BYTES, event_record_overhead
+from ..events._lambda import MAX_EVENT_BYTES, USER_RECORD_OVERHEAD, event_record_overhead
 from ..events._record import Record
 from ..source import ChildShard, GetRecordsResult, IteratorPosition, ShardInfo, StreamSource
+from ..source._kpl import expand_all
 from ..state import SHARD_END
 from ._batching import batch_count, event_bytes
 from ._lanes import Lane, ShardScheduler
@@ -71,6 +72,13 @@ class ShardConsumer:
         self.max_buffered = cfg.buffered_records_limit
         self.event_source = identity.event_source(shard.shard_id)
         self.overhead = event_record_overhead(self.event_source)
+        self._deaggregate = cfg.deaggregate
+        self._resume_within: tuple[str, int] | None = None
+        if cfg.deaggregate:
+            self.overhead += USER_RECORD_OVERHEAD
+            if checkpoint is not None and ":" in checkpoint:  # "<sequence>:<sub-sequence>"
+                sequence, _, sub = checkpoint.partition(":")
+                self._resume_within = (sequence, int(sub))
         self.state = "polling"
         self.checkpoint = checkpoint
         self.last_read_sequence: str | None = None
@@ -193,9 +201,8 @@ class ShardConsumer:
                 self.records_polled += len(records)
                 counters.polled_events += len(records)
                 self.last_read_sequence = records[-1].sequence_number
-                self.scheduler.ingest(records)
-                for event in self._lane_events:
-                    event.set()
+                if self._admit(records):
+                    await self.commit()  # the checkpoint may pass filtered-out records now
             iterator = result.next_iterator
             if iterator is None or self._read_to_listed_end(result):
                 self.ended = True
@@ -204,6 +211,43 @@ class ShardConsumer:
             more = len(records) >= limit or bool(result.millis_behind_latest)
             if not more:
                 await anyio.sleep(max(0.0, last_call + settings.base_interval - time.monotonic()))
+
+    def _admit(self, records: list[Record]) -> bool:
+        """Hand records read to the lanes: KPL user records when de-aggregating, filtered by
+        FilterCriteria. True if some were filtered out (they count as done at once)."""
+        if self._deaggregate:
+            records = self._user_records(records)
+        keep = None
+        record_filter = self.identity.record_filter
+        if record_filter is not None and records:
+            keep = [record_filter.matches(r) for r in records]
+            self.counters.filtered_out_events += len(keep) - sum(keep)
+        self.scheduler.ingest(records, keep)
+        for event in self._lane_events:
+            event.set()
+        return keep is not None and not all(keep)
+
+    def _user_records(self, records: list[Record]) -> list[Record]:
+        pairs, errors = expand_all(records)
+        for record, error in errors:  # delivered whole, as KCL does, and counted
+            self.counters.deaggregation_errors += 1
+            log.warning(
+                "%s: record %s is not a valid KPL aggregate (%s); delivered as it is",
+                self.shard.shard_id,
+                record.sequence_number,
+                error,
+            )
+        users = [record for record, _ in pairs]
+        if self._resume_within is not None:  # restarted inside an aggregate: skip what was done
+            sequence, done = self._resume_within
+            self._resume_within = None
+            users = [
+                r
+                for r in users
+                if r.sequence_number != sequence
+                or (r.sub_sequence_number is not None and r.sub_sequence_number > done)
+            ]
+        return users
 
     def _read_to_listed_end(self, result: GetRecordsResult) -> bool:
         """A closed shard read to its listed end, on servers whose closed shards never return a

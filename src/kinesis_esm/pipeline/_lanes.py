@@ -181,14 +181,20 @@ class ShardScheduler:
         """Records read and not yet below the low-water mark (what memory holds)."""
         return self.next_index - 1 - self.done_index
 
-    def ingest(self, records: list[Record]) -> None:
+    def ingest(self, records: list[Record], keep: Sequence[bool] | None = None) -> None:
+        """Number ``records`` in read order and route them to lanes. With ``keep``, a record
+        whose flag is False (filtered out) takes its index but goes to no lane: it counts as
+        done, so the low-water mark passes it as soon as everything before it is done."""
         if not records:
             return
         base = self.next_index
         count = len(records)
         self.next_index = base + count
         self._chunks.append((base, records))
-        self.highest_sequence = records[-1].sequence_number
+        self.highest_sequence = records[-1].record_id
+        if keep is not None:
+            self._ingest_kept(records, keep, base)
+            return
         factor = self.factor
         if factor == 1:
             self.lanes[0].append(records, range(base, base + count))
@@ -213,6 +219,19 @@ class ShardScheduler:
         for lane_obj, recs, indices in zip(self.lanes, lane_records, lane_indices, strict=True):
             lane_obj.append(recs, indices)
 
+    def _ingest_kept(self, records: list[Record], keep: Sequence[bool], base: int) -> None:
+        factor = self.factor
+        lane_records: list[list[Record]] = [[] for _ in range(factor)]
+        lane_indices: list[list[int]] = [[] for _ in range(factor)]
+        lane_of = self._lane_of
+        for index, (record, kept) in enumerate(zip(records, keep, strict=True), base):
+            if kept:
+                lane = lane_of(record.partition_key) if factor > 1 else 0
+                lane_records[lane].append(record)
+                lane_indices[lane].append(index)
+        for lane_obj, recs, indices in zip(self.lanes, lane_records, lane_indices, strict=True):
+            lane_obj.append(recs, indices)
+
     def low_water_index(self) -> int:
         low = self.next_index
         for lane in self.lanes:
@@ -231,7 +250,7 @@ class ShardScheduler:
             chunks.popleft()  # entirely below the new mark: no longer needed
         base, records = chunks[0]
         self.done_index = low
-        self.done_sequence = records[low - base].sequence_number
+        self.done_sequence = records[low - base].record_id
         return self.done_sequence
 
     def busy_lanes(self) -> int:

@@ -6,12 +6,13 @@ can be built and tested alone, and nothing in the pipeline imports the layers ab
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .._errors import SourceError
 from ..config import EventSourceMappingConfig
 from ..events._lambda import EventSource
+from ..policy._filters import RecordFilter
 from ..state import CheckpointStore
 from ._lanes import Batch, Lane
 
@@ -32,6 +33,8 @@ class MappingIdentity:
     uuid: str
     config: EventSourceMappingConfig
     invoke_identity_arn: str
+    # FilterCriteria compiled once per mapping; None: every record is handed on
+    record_filter: RecordFilter | None = field(default=None, compare=False)
 
     @property
     def stream_arn(self) -> str:

@@ -360,7 +360,7 @@ class _BatchRun:
 
 
 def _span(records: Sequence[Record]) -> str:
-    return f"{records[0].sequence_number}..{records[-1].sequence_number}"
+    return f"{records[0].record_id}..{records[-1].record_id}"
 
 
 def _traceback(result: InvokeResult) -> str:

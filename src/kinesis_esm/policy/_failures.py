@@ -101,7 +101,13 @@ def parse_batch_response(payload: Any, records: Sequence[Record]) -> ResponseVer
         return SUCCESS
     if not isinstance(items, list):
         return _invalid(f"batchItemFailures is a {type(items).__name__}, not a list")
-    position = {r.sequence_number: i for i, r in enumerate(records)}  # only on failures
+    position: dict[str, int] = {}  # only on failures
+    for i, r in enumerate(records):
+        # a plain sequence number names a plain record, or a whole aggregate from its first
+        # user record; "<sequence>:<sub-sequence>" names one user record (deaggregate = true)
+        position.setdefault(r.sequence_number, i)
+        if r.sub_sequence_number is not None:
+            position[r.record_id] = i
     lowest = len(records)
     for item in items:
         if not isinstance(item, dict) or "itemIdentifier" not in item:

@@ -7,8 +7,23 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..config import INVALID_PARAMETER_VALUE, DaemonConfig, EventSourceMappingConfig, FunctionConfig
-from ..functions import CallableFunction, Function, load_handler
+from ..config import (
+    INVALID_PARAMETER_VALUE,
+    ConfigError,
+    DaemonConfig,
+    EventSourceMappingConfig,
+    FunctionConfig,
+)
+from ..functions import (
+    CallableFunction,
+    Function,
+    HttpFunction,
+    LambdaInvokeFunction,
+    ProcessFunction,
+    RuntimeFunction,
+    load_handler,
+)
+from ..functions._loader import find_handler
 from ._model import RESOURCE_NOT_FOUND, MappingError, function_arn
 
 __all__ = ["DeclaredFunctions"]
@@ -37,9 +52,10 @@ class DeclaredFunctions:
         return fn
 
     def handler(self, fn: FunctionConfig) -> Callable[..., Any]:
-        """The handler of a declared function, imported once."""
+        """The handler of a declared local function, imported once into the daemon."""
         handler = self._handlers.get(fn.name)
         if handler is None:
+            assert fn.handler is not None  # the config requires it for the local target
             try:
                 handler = load_handler(fn.handler, function_name=fn.name)
             except ImportError as exc:
@@ -47,12 +63,65 @@ class DeclaredFunctions:
             self._handlers[fn.name] = handler
         return handler
 
+    def _in_daemon(self, fn: FunctionConfig) -> bool:
+        """A handler given as an object, or isolation thread / none: runs in the daemon."""
+        return fn.name in self._handlers or fn.effective_isolation != "process"
+
+    def check(self, fn: FunctionConfig) -> None:
+        """Refuse a function that cannot run, before a mapping is registered for it."""
+        if fn.target != "local" or self._in_daemon(fn):
+            if fn.target == "local":
+                self.handler(fn)
+            else:
+                try:
+                    self.build(fn, fn.arn("us-east-1", "000000000000"))  # nothing opens yet
+                except ConfigError as err:
+                    raise MappingError(INVALID_PARAMETER_VALUE, str(err)) from None
+            return
+        # process isolation: the environments import the handler; the daemon only finds it
+        assert fn.handler is not None
+        try:
+            find_handler(fn.handler, function_name=fn.name)
+        except ImportError as exc:
+            raise MappingError(INVALID_PARAMETER_VALUE, str(exc)) from None
+
     def build(self, fn: FunctionConfig, arn: str) -> Function:
-        """The function object a mapping invokes."""
-        return CallableFunction(
-            self.handler(fn),
+        """The function object a mapping invokes (the mapping closes it when it stops)."""
+        if fn.target == "lambda":
+            assert fn.function_name is not None
+            return LambdaInvokeFunction(
+                fn.function_name, name=fn.name, timeout=fn.timeout, endpoint_url=fn.endpoint_url
+            )
+        if fn.target == "http":
+            assert fn.url is not None
+            return HttpFunction(
+                fn.url, name=fn.name, timeout=fn.timeout, headers=dict(fn.headers), arn=arn
+            )
+        environments = fn.max_environments or 0
+        if fn.target == "runtime":
+            return RuntimeFunction(
+                fn.command,
+                name=fn.name,
+                timeout=fn.timeout,
+                memory_size=fn.memory_size,
+                arn=arn,
+                max_environments=environments,
+                handler=fn.handler,
+            )
+        if self._in_daemon(fn):
+            return CallableFunction(
+                self.handler(fn),
+                name=fn.name,
+                timeout=fn.timeout,
+                memory_size=fn.memory_size,
+                arn=arn,
+            )
+        assert fn.handler is not None
+        return ProcessFunction(
+            fn.handler,
             name=fn.name,
             timeout=fn.timeout,
             memory_size=fn.memory_size,
             arn=arn,
+            max_environments=environments,
         )

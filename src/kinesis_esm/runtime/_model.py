@@ -100,6 +100,12 @@ class MeteredFunction:
         self.arn = inner.arn
         self.timeout = inner.timeout
         self.input = inner.input
+        self.enforces_timeout = getattr(inner, "enforces_timeout", False)
+
+    async def aclose(self) -> None:
+        close = getattr(self.inner, "aclose", None)
+        if close is not None:
+            await close()
 
     async def invoke(self, payload: Any) -> InvokeResult:
         result = await self.inner.invoke(payload)

@@ -160,7 +160,7 @@ class Runtime:
         arn = function_arn(config, fn)
         check_conflict(self._mappings.values(), config, arn, None)
         check_supported(config)
-        self.functions.handler(fn)
+        self.functions.check(fn)
         if self._stream_check is not None and await self._stream_check(config) is False:
             message = f"Stream not found: {config.event_source_arn}"
             raise MappingError(INVALID_PARAMETER_VALUE, message)
@@ -191,7 +191,7 @@ class Runtime:
         arn = function_arn(config, fn)
         check_conflict(self._mappings.values(), config, arn, uuid)
         check_supported(config)
-        self.functions.handler(fn)
+        self.functions.check(fn)
         was, now = m.config.enabled, config.enabled
         m.pending = "Disabling" if was > now else "Enabling" if now > was else "Updating"
         m.config, m.function, m.function_arn, m.problem = config, fn, arn, None
@@ -275,7 +275,7 @@ class Runtime:
             fn = self.functions.declared(config.function_name, config)
             check_conflict(self._mappings.values(), config, arn, m.uuid)
             check_supported(config)
-            self.functions.handler(fn)
+            self.functions.check(fn)
         except MappingError as err:
             if m.origin == "config":  # the daemon does not start, as with any config error
                 where = f"event_source_mappings (uuid {m.uuid})"
@@ -306,7 +306,9 @@ class Runtime:
         fn = m.function
         assert fn is not None
         function = MeteredFunction(self.functions.build(fn, m.function_arn), m.invocations)
-        await self.engine.add_mapping(m.config, function, invoke_identity_arn=fn.role)
+        await self.engine.add_mapping(
+            m.config, function, invoke_identity_arn=fn.role, owns_function=True
+        )
 
     async def _stop(self, m: MappingRecord, *, delete_state: bool) -> None:
         stats = self._stats(m)

@@ -366,7 +366,7 @@ def _user_records(record: Record) -> list[tuple[Record, int]] | None:
     data = record.data
     if not is_aggregate(data):
         return None
-    keys, _, payloads = _decode(data)
+    keys, hash_keys, payloads = _decode(data)
     count = len(payloads)
     users = map(
         Record.from_bytes,
@@ -375,6 +375,8 @@ def _user_records(record: Record) -> list[tuple[Record, int]] | None:
         payloads,
         repeat(record.approximate_arrival_timestamp, count),
         repeat(record.encryption_type, count),
+        range(count),
+        hash_keys,
     )
     return list(zip(users, range(count), strict=True))
 

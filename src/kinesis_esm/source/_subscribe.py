@@ -43,7 +43,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import aiohttp
 import anyio
@@ -55,8 +55,16 @@ from ._eventstream import EventStreamDecoder, EventStreamMessage, EventStreamPro
 from ._kinesis import _child_shards, _client_error, _records_from_raw, map_error
 from ._protocol import ChildShard, IteratorPosition
 
-if TYPE_CHECKING:
-    from ._consumers import FanOutClient
+
+class SubscriptionOpener(Protocol):
+    """What a subscriber needs of its client (``FanOutClient``): settings, and one call."""
+
+    settings: SubscribeSettings
+
+    async def open_subscription(
+        self, consumer_arn: str, shard_id: str, position: IteratorPosition, call_timeout: float
+    ) -> aiohttp.ClientResponse: ...
+
 
 __all__ = [
     "ConsumerNotFoundError",
@@ -207,7 +215,7 @@ class ShardSubscriber:
 
     def __init__(
         self,
-        client: FanOutClient,
+        client: SubscriptionOpener,
         consumer_arn: str,
         shard_id: str,
         position: IteratorPosition,

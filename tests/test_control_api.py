@@ -261,8 +261,9 @@ async def raw_errors(http: aiohttp.ClientSession, url: str, uuid: str) -> None:
         ("GET", f"{BASE}?MaxItems=0", b"", 400, "ValidationException"),
         ("GET", f"{BASE}?Marker=%%%", b"", 400, "InvalidParameterValueException"),
     ]
+    json_type = {"Content-Type": "application/json"}
     for method, path, data, status, code in cases:
-        async with http.request(method, url + path, data=data) as response:
+        async with http.request(method, url + path, data=data, headers=json_type) as response:
             text = await response.text()
             assert response.status == status, (method, path, text)
             answer = json.loads(text)
@@ -273,7 +274,10 @@ async def raw_errors(http: aiohttp.ClientSession, url: str, uuid: str) -> None:
 
 async def test_update_disable_enable_delete_states(tmp_path: Path, moto: str) -> None:
     arn = await new_stream(moto, "orders")
-    async with running_daemon(tmp_path, moto, functions=("f", "g")) as daemon:
+    root = tmp_path / "failures"
+    destination = f"file://{root / 'orders.jsonl'}"
+    control = ControlConfig(port=0, file_destinations_root=str(root))
+    async with running_daemon(tmp_path, moto, functions=("f", "g"), control=control) as daemon:
         client = lambda_client(daemon.url)
         uuid = await create_enabled(client, arn)
         updated = await call(
@@ -281,16 +285,14 @@ async def test_update_disable_enable_delete_states(tmp_path: Path, moto: str) ->
             UUID=uuid,
             BatchSize=7,
             MaximumBatchingWindowInSeconds=1,
-            DestinationConfig={"OnFailure": {"Destination": "file:///tmp/failures.jsonl"}},
+            DestinationConfig={"OnFailure": {"Destination": destination}},
         )
         assert updated["ResponseMetadata"]["HTTPStatusCode"] == 202
         assert (updated["State"], updated["BatchSize"]) == ("Updating", 7)
         await wait_state(client, uuid, "Enabled")
         got = await call(client.get_event_source_mapping, UUID=uuid)
         assert (got["BatchSize"], got["MaximumBatchingWindowInSeconds"]) == (7, 1)
-        assert got["DestinationConfig"] == {
-            "OnFailure": {"Destination": "file:///tmp/failures.jsonl"}
-        }
+        assert got["DestinationConfig"] == {"OnFailure": {"Destination": destination}}
         assert got["LastModified"] >= updated["LastModified"]
         assert got["StartingPosition"] == "TRIM_HORIZON"
         disabled = await call(client.update_event_source_mapping, UUID=uuid, Enabled=False)

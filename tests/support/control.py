@@ -7,6 +7,7 @@ test's event loop and must keep serving while the client waits.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -19,9 +20,19 @@ import anyio.to_thread
 import boto3
 from botocore.config import Config
 
-from kinesis_esm import DaemonConfig, EventSourceMappingConfig, FunctionConfig, KinesisConfig
+from kinesis_esm import (
+    DaemonConfig,
+    Engine,
+    EventSourceMappingConfig,
+    FunctionConfig,
+    KinesisConfig,
+    MemoryStream,
+    PollSettings,
+)
 from kinesis_esm.cli._daemon import run_daemon
 from kinesis_esm.config import ControlConfig, StateConfig
+from kinesis_esm.control import ControlServer
+from kinesis_esm.runtime import Runtime
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -86,6 +97,58 @@ async def running_daemon(
             shutdown.set()
 
 
+STREAM_ARN = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/orders"
+
+
+@dataclass
+class MemoryDaemon:
+    """The control plane over a Runtime and an Engine reading an in-memory stream."""
+
+    url: str
+    runtime: Runtime
+    stream: MemoryStream
+    recorder: Recorder
+
+
+def memory_config(
+    *,
+    functions: Sequence[str] = ("f",),
+    control: ControlConfig | None = None,
+    mappings: Sequence[EventSourceMappingConfig] = (),
+) -> DaemonConfig:
+    return DaemonConfig(
+        functions=tuple(
+            FunctionConfig(name, "tests.support.control:Recorder") for name in functions
+        ),
+        event_source_mappings=tuple(mappings),
+        control=control or ControlConfig(port=0),
+    )
+
+
+@asynccontextmanager
+async def memory_daemon(config: DaemonConfig) -> AsyncIterator[MemoryDaemon]:
+    """``config``'s control plane on a free port of 127.0.0.1, its mappings on an in-memory
+    stream (``STREAM_ARN``; any other stream answers Lambda's "Stream not found")."""
+    stream = MemoryStream(STREAM_ARN)
+    recorder = Recorder()
+
+    async def stream_check(mapping: EventSourceMappingConfig) -> bool:
+        return mapping.stream_arn == STREAM_ARN
+
+    settings = PollSettings(base_interval=0.02, min_interval=0.01)
+    async with Engine(source=stream, poll_settings=settings) as engine:
+        runtime = Runtime(
+            engine,
+            config,
+            handlers={fn.name: recorder for fn in config.functions},
+            stream_check=stream_check,
+            settle_interval=0.02,
+        )
+        async with ControlServer(runtime, config.control) as server, runtime:
+            await runtime.reconcile()
+            yield MemoryDaemon(server.url, runtime, stream, recorder)
+
+
 def lambda_client(url: str, key: str = "testing", secret: str = "testing") -> Any:
     """boto3's own lambda client for the daemon; no retries, so errors show at once."""
     return boto3.client(
@@ -122,3 +185,47 @@ def aws_cli_env(tmp_path: Path, key: str = "testing", secret: str = "testing") -
 
 def aws_cli() -> str:
     return str(REPO / ".venv" / "bin" / "aws")
+
+
+@dataclass
+class RawAnswer:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _parse_answer(data: bytes) -> RawAnswer | None:
+    """The answer in ``data`` once it is complete (by Content-Length), else None."""
+    head, found, body = data.partition(b"\r\n\r\n")
+    if not found:
+        return None
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    if len(body) < length:
+        return None
+    return RawAnswer(int(status_line.split()[1]), headers, body[:length])
+
+
+async def raw_http(url: str, request: bytes, timeout: float = 10) -> RawAnswer:  # noqa: ASYNC109
+    """Send ``request`` as is (any bytes: methods and headers no client would send) to the
+    daemon at ``url`` and read one answer."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    data = b""
+    with anyio.fail_after(timeout):
+        async with await anyio.connect_tcp(host.strip("[]"), int(port)) as stream:
+            await stream.send(request)
+            while (answer := _parse_answer(data)) is None:
+                try:
+                    data += await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    break
+    if answer is None:
+        raise AssertionError(f"no complete HTTP answer: {data[:500]!r}")
+    return answer

@@ -16,9 +16,11 @@ from ._mapping import EventSourceMappingConfig
 
 __all__ = [
     "CONTROL_AUTH",
+    "FUNCTION_QUALIFIERS",
     "ControlConfig",
     "DaemonConfig",
     "FunctionConfig",
+    "FunctionRef",
     "KinesisConfig",
     "StateConfig",
 ]
@@ -52,7 +54,82 @@ class StateConfig:
             raise ConfigError("must not be empty", parameter="path")
 
 
+# FunctionName as Lambda's model spells it: a name, an ARN or a partial ARN, each with an
+# optional qualifier (a version or alias). kinesis-esm's functions have no published versions
+# and no aliases, so $LATEST (the unpublished code) is the only qualifier that exists.
+_FUNCTION_NAME = re.compile(
+    rf"(?:arn:(?P<partition>aws[a-zA-Z-]*):lambda:)?(?:(?P<region>{REGION}):)?"
+    r"(?:(?P<account>\d{12}):)?(?:function:)?(?P<name>[a-zA-Z0-9_.-]+)"
+    r"(?::(?P<qualifier>\$LATEST(?:\.PUBLISHED)?|[a-zA-Z0-9_-]+))?"
+)
+FUNCTION_QUALIFIERS = ("$LATEST",)
+
+
+def partition_of(region: str) -> str:
+    return "aws-cn" if region.startswith("cn-") else "aws-us-gov" if "-gov-" in region else "aws"
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionRef:
+    """The parts of a FunctionName; those it does not spell are None."""
+
+    name: str
+    partition: str | None = None
+    region: str | None = None
+    account: str | None = None
+    qualifier: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> FunctionRef | None:
+        m = _FUNCTION_NAME.fullmatch(text)
+        if m is None:
+            return None
+        return cls(m["name"], m["partition"], m["region"], m["account"], m["qualifier"])
+
+    def problem(self, region: str, account: str) -> str | None:
+        """Why this names no function of a mapping whose stream is in ``region`` and
+        ``account``: a declared function lives there (it is the FunctionArn the API answers)
+        and has no versions or aliases. None when it does name one."""
+        where = {"partition": partition_of(region), "region": region, "account": account}
+        for part, expected in where.items():
+            given = getattr(self, part)
+            if given is not None and given != expected:
+                return (
+                    f"its {part} is {given}, but kinesis-esm's functions are in the stream's "
+                    f"region and account ({region}, {account})"
+                )
+        if self.qualifier is not None and self.qualifier not in FUNCTION_QUALIFIERS:
+            return (
+                f"kinesis-esm's functions have no versions or aliases, so qualifier "
+                f"{self.qualifier!r} does not exist (name the function alone, or with :$LATEST)"
+            )
+        return None
+
+    def arn(self, region: str, account: str) -> str:
+        """The FunctionArn Lambda answers, in ``region`` and ``account`` unless the reference
+        names its own; qualified when the reference was."""
+        region, account = self.region or region, self.account or account
+        partition = self.partition or partition_of(region)
+        qualifier = f":{self.qualifier}" if self.qualifier else ""
+        return f"arn:{partition}:lambda:{region}:{account}:function:{self.name}{qualifier}"
+
+
 CONTROL_AUTH = ("none", "sigv4", "bearer")
+_TOKEN = re.compile(r"[!-~]+")
+_HOST_NAME = re.compile(
+    r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
+)
+_DESTINATION_PATTERN = re.compile(r"arn:[a-z*?-]+:(?:sqs|sns|s3|\*):[^\s]{0,2040}")
+
+
+def _string_list(name: str, value: object) -> tuple[str, ...]:
+    _expect(name, value, (tuple, list), "an array of strings")
+    assert isinstance(value, (tuple, list))
+    for item in value:
+        _expect(name, item, (str,), "an array of strings")
+    if len(value) > 1000:
+        raise ConfigError(f"holds {len(value)} entries, at most 1000", parameter=name)
+    return tuple(value)
 
 
 def _is_loopback(host: str) -> bool:
@@ -65,7 +142,10 @@ def _is_loopback(host: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class ControlConfig:
     """The control plane's listener. Any address but loopback requires ``auth``: SigV4 checked
-    against ``access_key_id`` / ``secret_access_key``, or ``Authorization: Bearer <token>``."""
+    against ``access_key_id`` / ``secret_access_key``, or ``Authorization: Bearer <token>``
+    (either may be set on loopback too). The guards of what the API may do are here as well:
+    which Host names it answers, which on-failure destinations it may set, how many mappings
+    the daemon holds (see docs/control-plane.md, "Safety")."""
 
     host: str = "127.0.0.1"
     port: int = 9001  # 0 picks a free port
@@ -73,6 +153,15 @@ class ControlConfig:
     access_key_id: str | None = None
     secret_access_key: str | None = dataclasses.field(default=None, repr=False)
     token: str | None = dataclasses.field(default=None, repr=False)
+    # Host header names accepted besides the bound address (DNS rebinding guard); any port
+    allowed_hosts: tuple[str, ...] = ()
+    # file:// on-failure destinations set through the API must lie under this folder; None:
+    # only the config file may name file:// destinations
+    file_destinations_root: str | None = None
+    # SQS, SNS and S3 destinations the API may set: ARN patterns (* and ? wildcards), besides
+    # the destinations the config file names
+    allowed_destinations: tuple[str, ...] = ()
+    max_mappings: int = 100  # all mappings, the config file's included
 
     def __post_init__(self) -> None:
         _expect("host", self.host, (str,), "a string")
@@ -99,6 +188,32 @@ class ControlConfig:
             raise ConfigError('auth = "bearer" needs token', parameter="auth")
         if self.token is not None and len(self.token) < 16:
             raise ConfigError("must be at least 16 characters", parameter="token")
+        if self.token is not None and not _TOKEN.fullmatch(self.token):
+            message = "must be printable ASCII without spaces (it is sent in a header)"
+            raise ConfigError(message, parameter="token")
+        self._check_guards()
+
+    def _check_guards(self) -> None:
+        """The API's guards: Host names, destinations it may set, the mapping cap."""
+        hosts = _string_list("allowed_hosts", self.allowed_hosts)
+        for host in hosts:
+            if not _HOST_NAME.fullmatch(host):
+                message = f"{host!r} is not a host name or IP address (with an optional :port)"
+                raise ConfigError(message, parameter="allowed_hosts")
+        object.__setattr__(self, "allowed_hosts", hosts)
+        if (root := self.file_destinations_root) is not None:
+            _expect("file_destinations_root", root, (str,), "a string (a folder)")
+            if not root or "\0" in root:
+                message = "must be a folder path"
+                raise ConfigError(message, parameter="file_destinations_root")
+        patterns = _string_list("allowed_destinations", self.allowed_destinations)
+        for pattern in patterns:
+            if pattern != "*" and not _DESTINATION_PATTERN.fullmatch(pattern):
+                message = f"{pattern!r} is not an SQS, SNS or S3 ARN pattern"
+                hint = 'e.g. "arn:aws:sqs:us-east-1:123456789012:esm-*", or "*" for any'
+                raise ConfigError(message, parameter="allowed_destinations", hint=hint)
+        object.__setattr__(self, "allowed_destinations", patterns)
+        _in_range("max_mappings", self.max_mappings, 0, 10000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +225,12 @@ class DaemonConfig:
     control: ControlConfig = ControlConfig()
 
     def __post_init__(self) -> None:
+        if len(self.event_source_mappings) > self.control.max_mappings:
+            message = (
+                f"the config file declares {len(self.event_source_mappings)} mappings, more "
+                f"than max_mappings = {self.control.max_mappings}"
+            )
+            raise ConfigError(message, parameter="control.max_mappings")
         names = [fn.name for fn in self.functions]
         for i, name in enumerate(names):
             if name in names[:i]:
@@ -123,6 +244,10 @@ class DaemonConfig:
                 message = f"function {esm.function_name!r} is not declared under [functions]"
                 hint = f"declared: {', '.join(sorted(names)) or 'none'}"
                 raise ConfigError(message, parameter=f"{parameter}.function_name", hint=hint)
+            ref = FunctionRef.parse(esm.function_name)
+            if ref is not None and (why := ref.problem(esm.region, esm.account_id)) is not None:
+                message = f"function {esm.function_name!r} does not exist: {why}"
+                raise ConfigError(message, parameter=f"{parameter}.function_name")
             if (existing := seen.get((fn.name, esm.event_source_arn))) is not None:
                 message = (
                     f'The event source arn (" {esm.event_source_arn} ") and function (" '

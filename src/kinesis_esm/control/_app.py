@@ -3,7 +3,8 @@
 status``), on one port.
 
 Every failure answers in Lambda's error shape, never a traceback: malformed JSON, oversized
-bodies, unknown routes and unexpected errors included (the last are logged here).
+bodies, unknown routes and methods, requests that are not HTTP, and unexpected errors (the last
+are logged here). Before any of that, ``_guard`` refuses what a web page could have sent.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .. import __version__
 from ..config import ControlConfig
 from ..runtime._runtime import MappingError, Runtime
 from ._auth import Authenticator, AuthError, Request
+from ._guard import HostPolicy, check_request
+from ._http import LambdaShapedRunner, error_response
 from ._metrics import registry_for
 from ._wire import (
     WireError,
@@ -44,6 +48,7 @@ DEFAULT_PAGE = 100
 _OPEN_PATHS = ("/health", "/ready")  # liveness probes need no credentials
 _RUNTIME = web.AppKey("runtime", Runtime)
 _AUTH = web.AppKey("auth", Authenticator)
+_HOSTS = web.AppKey("hosts", HostPolicy)
 _REGISTRY = web.AppKey("registry", CollectorRegistry)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,8 +63,7 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def _error(code: str, message: str) -> web.Response:
-    status, headers, body = error_body(code, message)
-    return _json(body, status, headers)
+    return error_response(*error_body(code, message))
 
 
 async def _body(request: web.Request) -> bytes:
@@ -70,6 +74,9 @@ async def _body(request: web.Request) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise WireError("RequestTooLargeException", _too_large()) from None
+    except HttpProcessingError:  # a broken chunked encoding, a body shorter than announced
+        message = "Could not read the request body: it is not valid HTTP"
+        raise WireError("InvalidRequestContentException", message) from None
 
 
 def _too_large() -> str:
@@ -85,11 +92,31 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:  # aiohttp's own: no route, wrong method
         if exc.status == 413:
             return _error("RequestTooLargeException", _too_large())
-        message = f"{request.method} {request.path}: {exc.reason}"
+        message = f"{request.method} {request.path[:200]}: {exc.reason}"
         return _error("UnknownOperationException", message)
+    except RecursionError:  # a safety net: bodies and patterns are depth-bounded before use
+        log.error("control plane: %s %s: input nested too deeply", request.method, request.path)
+        return _error("InvalidRequestContentException", "The request is nested too deeply")
     except Exception:
         log.exception("control plane: %s %s failed", request.method, request.path)
         return _error("ServiceException", "An internal error occurred (see the daemon's log)")
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    hosts = request.headers.getall("Host", [])
+    if len(hosts) > 1:
+        raise WireError("InvalidRequestContentException", "A request has one Host header")
+    origins = request.headers.getall("Origin", [])
+    check_request(
+        request.app[_HOSTS],
+        request.method,
+        hosts[0] if hosts else None,
+        origins[0] if origins else None,
+        request.headers.get("Content-Type"),
+        request.body_exists,
+    )
+    return await handler(request)
 
 
 @web.middleware
@@ -128,6 +155,13 @@ async def _list(request: web.Request) -> web.Response:
         if not 1 <= page <= 10000:
             bound = "greater than or equal to 1" if page < 1 else "less than or equal to 10000"
             message = f"1 validation error detected: Value '{page}' at 'maxItems' failed to satisfy constraint: Member must have value {bound}"  # noqa: E501
+            raise WireError("ValidationException", message)
+    for name, member, longest in (
+        ("FunctionName", "functionName", 256),
+        ("EventSourceArn", "eventSourceArn", 1024),
+    ):
+        if len(query.get(name, "")) > longest:
+            message = f"1 validation error detected: Value at '{member}' failed to satisfy constraint: Member must have length less than or equal to {longest}"  # noqa: E501
             raise WireError("ValidationException", message)
     views = request.app[_RUNTIME].mappings(
         event_source_arn=query.get("EventSourceArn") or None,
@@ -200,8 +234,11 @@ async def _status(request: web.Request) -> web.Response:
 
 def create_app(runtime: Runtime, control: ControlConfig | None = None) -> web.Application:
     control = control or ControlConfig()
-    app = web.Application(middlewares=[_errors, _authenticate], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[_errors, _guard, _authenticate], client_max_size=MAX_BODY_BYTES
+    )
     app[_RUNTIME] = runtime
+    app[_HOSTS] = HostPolicy.of(control)
     app[_REGISTRY] = registry_for(runtime.statuses)
     if control.auth != "none":
         app[_AUTH] = Authenticator(
@@ -230,7 +267,7 @@ class ControlServer:
     def __init__(self, runtime: Runtime, control: ControlConfig) -> None:
         self.control = control
         self.app = create_app(runtime, control)
-        self._runner = web.AppRunner(
+        self._runner = LambdaShapedRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=5
         )
         self.url = ""

@@ -105,13 +105,20 @@ class Authenticator:
     def check(self, request: Request, now: datetime.datetime | None = None) -> None:
         """Raise AuthError unless the request is authenticated."""
         authorization = (request.headers.get("authorization") or [""])[0]
+        if not (authorization.isascii() and authorization.isprintable()):
+            # before any comparison: a credential is ASCII, and nothing below has to encode it
+            message = "The Authorization header must be printable ASCII text."
+            raise AuthError("IncompleteSignatureException", message)
         scheme, _, rest = authorization.partition(" ")
         if scheme.lower() == "bearer" and self.token is not None:
             if not hmac.compare_digest(rest.strip().encode(), self.token.encode()):
                 raise AuthError("AccessDeniedException", "The bearer token is not valid.")
             return
         if scheme == _ALGORITHM and self.secret_access_key is not None:
-            self._check_sigv4(request, rest, now or datetime.datetime.now(datetime.UTC))
+            try:
+                self._check_sigv4(request, rest, now or datetime.datetime.now(datetime.UTC))
+            except UnicodeError:  # a signed header or the path that is not text: unsignable
+                raise AuthError("InvalidSignatureException", _MISMATCH) from None
             return
         raise AuthError("MissingAuthenticationTokenException", "Missing Authentication Token")
 

@@ -17,6 +17,16 @@ from typing import Any
 
 from ..config import DestinationConfig, Filter, FilterCriteria, OnFailure
 from ..runtime._model import MappingView
+from ._bounds import (
+    MAX_MARKER_LENGTH,
+    check_depth,
+    check_kms_key_arn,
+    check_strings,
+    check_tags,
+    check_timestamp,
+    marker_parts,
+)
+from ._errors import WireError
 
 __all__ = [
     "STATUS",
@@ -40,6 +50,8 @@ STATUS: dict[str, tuple[int, str]] = {
     "ResourceNotFoundException": (404, "Message"),
     "ResourceConflictException": (409, "message"),
     "RequestTooLargeException": (413, "message"),
+    "UnsupportedMediaTypeException": (415, "message"),
+    "ServiceQuotaExceededException": (402, "Message"),
     "TooManyRequestsException": (429, "message"),
     "ServiceException": (500, "Message"),
     "UnknownOperationException": (404, "message"),
@@ -86,12 +98,6 @@ _NOT_KINESIS = (
 _METRICS = ("EventCount", "ErrorCount", "KafkaMetrics")
 
 
-class WireError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
 def error_body(code: str, message: str) -> tuple[int, dict[str, str], dict[str, Any]]:
     """Status, headers and JSON body of Lambda's answer for error ``code``."""
     status, member = STATUS.get(code, (400, "message"))
@@ -103,19 +109,26 @@ def error_body(code: str, message: str) -> tuple[int, dict[str, str], dict[str, 
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
-    """The request's JSON object; an empty body is an empty object."""
+    """The request's JSON object; an empty body is an empty object. JSON's NaN and Infinity,
+    bodies nested deeper than any Lambda request and text that is not UTF-8 are refused."""
     if not raw.strip():
         return {}
+    check_depth(raw)
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
-        detail = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        detail = str(exc)[:200] if isinstance(exc, ValueError) else "nested too deeply"
         message = f"Could not parse request body into json: {detail}"
         raise WireError("InvalidRequestContentException", message) from None
     if not isinstance(value, dict):
         message = f"Could not parse request body into json: expected an object, got {type(value).__name__}"  # noqa: E501
         raise WireError("InvalidRequestContentException", message)
+    check_strings(value)
     return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _invalid(message: str) -> WireError:
@@ -153,10 +166,10 @@ def _extras(body: Mapping[str, Any], allowed: Sequence[str]) -> dict[str, Any]:
                 "enum value set: [EventCount, ErrorCount, KafkaMetrics]]"
             )
             raise WireError("ValidationException", message)
-    if "KMSKeyArn" in extras and not isinstance(extras["KMSKeyArn"], str):
-        raise _invalid("KMSKeyArn must be a string")
-    if "Tags" in extras and not isinstance(extras["Tags"], Mapping):
-        raise _invalid("Tags must be an object")
+    if "KMSKeyArn" in extras:
+        check_kms_key_arn(extras["KMSKeyArn"])
+    if "Tags" in extras:
+        check_tags(extras["Tags"])
     return extras
 
 
@@ -175,6 +188,8 @@ def _fields(body: Mapping[str, Any], members: Sequence[str]) -> dict[str, Any]:
             value = _filters(value)
         elif member == "FunctionResponseTypes" and isinstance(value, list):
             value = tuple(value)
+        elif member == "StartingPositionTimestamp":
+            value = check_timestamp(value)
         fields[_FIELDS[member]] = value
     return fields
 
@@ -244,9 +259,24 @@ def encode_marker(view: MappingView) -> str:
 
 
 def decode_marker(marker: str) -> tuple[float, str]:
+    """The position an ``encode_marker`` Marker stands for; anything else is refused."""
+    parts = None
+    if len(marker) <= MAX_MARKER_LENGTH:
+        try:
+            raw = base64.urlsafe_b64decode(marker + "=" * (-len(marker) % 4))
+            if _nesting_ok(raw):
+                parts = marker_parts(json.loads(raw))
+        except (binascii.Error, ValueError, TypeError):
+            parts = None
+    if parts is None:
+        shown = marker if len(marker) <= 64 else f"{marker[:64]}..."
+        raise _invalid(f"Invalid Marker: {shown}")
+    return parts
+
+
+def _nesting_ok(raw: bytes) -> bool:
     try:
-        raw = base64.urlsafe_b64decode(marker + "=" * (-len(marker) % 4))
-        created, uuid_ = json.loads(raw)
-        return float(created), str(uuid_)
-    except (binascii.Error, ValueError, TypeError):
-        raise _invalid(f"Invalid Marker: {marker}") from None
+        check_depth(raw)
+    except WireError:
+        return False
+    return True

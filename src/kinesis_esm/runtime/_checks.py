@@ -13,8 +13,11 @@ from ..config import (
 )
 from ..engine import SUPPORTED_FEATURES
 from ._model import RESOURCE_CONFLICT, MappingError, MappingRecord
+from ._references import canonical_arn
 
-__all__ = ["check_conflict", "check_supported", "config_error"]
+__all__ = ["check_capacity", "check_conflict", "check_supported", "config_error"]
+
+SERVICE_QUOTA_EXCEEDED = "ServiceQuotaExceededException"
 
 
 def config_error(err: ConfigError) -> MappingError:
@@ -30,12 +33,11 @@ def config_error(err: ConfigError) -> MappingError:
 def check_conflict(
     mappings: Iterable[MappingRecord], config: EventSourceMappingConfig, arn: str, uuid: str | None
 ) -> None:
-    """Lambda's ResourceConflictException: one mapping per (function, event source)."""
+    """Lambda's ResourceConflictException: one mapping per (function, event source). Functions
+    are compared canonically: ``rec`` and ``rec:$LATEST`` are one function."""
+    wanted = (canonical_arn(arn), config.event_source_arn)
     for other in mappings:
-        same = (other.function_arn, other.config.event_source_arn) == (
-            arn,
-            config.event_source_arn,
-        )
+        same = (canonical_arn(other.function_arn), other.config.event_source_arn) == wanted
         if same and other.uuid != uuid and other.pending != "Deleting":
             message = (
                 f'The event source arn (" {config.event_source_arn} ") and function (" '
@@ -50,3 +52,15 @@ def check_supported(config: EventSourceMappingConfig) -> None:
         unsupported_features(config, SUPPORTED_FEATURES)
     except ConfigError as err:
         raise MappingError(INVALID_PARAMETER_VALUE, err.message) from None
+
+
+def check_capacity(mappings: Iterable[MappingRecord], limit: int) -> None:
+    """``[control] max_mappings``: Lambda's quota error (402) once the daemon holds that many."""
+    held = sum(1 for m in mappings if m.pending != "Deleting")
+    if held >= limit:
+        message = (
+            f"The request would exceed a service quota: this daemon holds {held} event source "
+            f"mappings, the most [control] max_mappings ({limit}) allows. Delete one, or raise "
+            "max_mappings in the config file."
+        )
+        raise MappingError(SERVICE_QUOTA_EXCEEDED, message)

@@ -19,6 +19,7 @@ created through the API are restored from their rows.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -39,7 +40,8 @@ from ..config import (
 )
 from ..engine import Engine
 from ..state._mappings import MappingStore, StoredMapping, config_from_dict, config_to_dict
-from ._checks import check_conflict, check_supported, config_error
+from ._checks import check_capacity, check_conflict, check_supported, config_error
+from ._destinations import DestinationPolicy
 from ._functions import DeclaredFunctions
 from ._model import (
     DELETE_IN_USE_MESSAGE,
@@ -56,12 +58,25 @@ from ._model import (
     MeteredFunction,
     function_arn,
 )
+from ._references import function_filter, resolve_function
 
 __all__ = ["MappingError", "MappingStatus", "MappingView", "Runtime"]
 
 log = logging.getLogger("kinesis_esm.runtime")
 
 StreamCheck = Callable[[EventSourceMappingConfig], Awaitable[bool | None]]
+
+
+def _validated(build: Callable[[], EventSourceMappingConfig]) -> EventSourceMappingConfig:
+    """The configuration ``build`` makes, or Lambda's error. The wire bounds every input; this
+    is the net under it: no value may reach the API's answer as a 500."""
+    try:
+        return build()
+    except ConfigError as err:
+        raise config_error(err) from None
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        message = f"A parameter is not valid ({type(exc).__name__}: {str(exc)[:200]})"
+        raise MappingError(INVALID_PARAMETER_VALUE, message) from None
 
 
 class Runtime:
@@ -87,6 +102,7 @@ class Runtime:
         self.config = config
         self.store = store or MappingStore.memory()
         self.functions = DeclaredFunctions(config, handlers)
+        self._destinations = DestinationPolicy.of(config)
         self._stream_check = stream_check
         self._settle_interval = settle_interval
         self._clock = clock
@@ -127,14 +143,12 @@ class Runtime:
         self, *, event_source_arn: str | None = None, function_name: str | None = None
     ) -> list[MappingView]:
         """Oldest first; ``function_name`` may be a name or ARN of a declared function."""
-        wanted = (
-            None if function_name is None else self.functions.declared(function_name, None).name
-        )
+        wanted = None if function_name is None else function_filter(self.config, function_name)
         return [
             self._view(m)
             for m in sorted(self._mappings.values(), key=lambda m: (m.created_at, m.uuid))
             if (event_source_arn is None or m.config.event_source_arn == event_source_arn)
-            and (wanted is None or (m.function is not None and m.function.name == wanted))
+            and (wanted is None or wanted.matches(m.function, m.function_arn))
         ]
 
     def statuses(self) -> list[MappingStatus]:
@@ -152,26 +166,25 @@ class Runtime:
         """Lambda's CreateEventSourceMapping: ``fields`` are EventSourceMappingConfig fields."""
         self._check_open()
         uuid = str(_uuid.uuid4())
-        try:
-            config = EventSourceMappingConfig(**{**fields, "uuid": uuid})
-        except ConfigError as err:
-            raise config_error(err) from None
-        fn = self.functions.declared(config.function_name, config)
-        arn = function_arn(config, fn)
+        config = _validated(lambda: EventSourceMappingConfig(**{**fields, "uuid": uuid}))
+        resolved = resolve_function(self.config, config)
+        fn, arn = resolved.config, resolved.arn
         check_conflict(self._mappings.values(), config, arn, None)
         check_supported(config)
+        self._destinations.check(config.destination_config.on_failure.destination)
+        check_capacity(self._mappings.values(), self.config.control.max_mappings)
         self.functions.check(fn)
         if self._stream_check is not None and await self._stream_check(config) is False:
             message = f"Stream not found: {config.event_source_arn}"
             raise MappingError(INVALID_PARAMETER_VALUE, message)
-        check_conflict(
-            self._mappings.values(), config, arn, None
-        )  # again: the stream check awaited
+        # again: others may have been created while the stream check awaited
+        check_conflict(self._mappings.values(), config, arn, None)
+        check_capacity(self._mappings.values(), self.config.control.max_mappings)
         now = self._clock()
         m = MappingRecord(uuid, "api", config, None, fn, arn, dict(extras or {}), now, now)
         m.pending = "Creating" if config.enabled else "Disabled"
+        self.store.put(m.row())  # first: a row that cannot be stored leaves nothing registered
         self._mappings[uuid] = m
-        self.store.put(m.row())
         self._spawn(m, self._start(m))
         return self._view(m)
 
@@ -183,21 +196,24 @@ class Runtime:
         m = self._find(uuid)
         if m.busy:
             raise MappingError(RESOURCE_IN_USE, UPDATING_MESSAGE)
-        try:
-            config = m.config.replace(**changes)
-        except ConfigError as err:
-            raise config_error(err) from None
-        fn = self.functions.declared(config.function_name, config)
-        arn = function_arn(config, fn)
+        config = _validated(lambda: m.config.replace(**changes))
+        resolved = resolve_function(self.config, config)
+        fn, arn = resolved.config, resolved.arn
         check_conflict(self._mappings.values(), config, arn, uuid)
         check_supported(config)
+        destination = config.destination_config.on_failure.destination
+        if destination != m.config.destination_config.on_failure.destination:
+            self._destinations.check(destination)
         self.functions.check(fn)
+        merged, modified = {**m.extras, **(extras or {})}, self._clock()
+        changed = dataclasses.replace(
+            m, config=config, function=fn, function_arn=arn, extras=merged, last_modified=modified
+        )
+        self.store.put(changed.row())  # stored first, then applied: never half-applied
         was, now = m.config.enabled, config.enabled
         m.pending = "Disabling" if was > now else "Enabling" if now > was else "Updating"
         m.config, m.function, m.function_arn, m.problem = config, fn, arn, None
-        m.extras.update(extras or {})
-        m.last_modified = self._clock()
-        self.store.put(m.row())
+        m.extras, m.last_modified = merged, modified
         self._spawn(m, self._restart(m))
         return self._view(m)
 
@@ -272,9 +288,12 @@ class Runtime:
             row.created_at, row.last_modified,
         )  # fmt: skip
         try:
-            fn = self.functions.declared(config.function_name, config)
-            check_conflict(self._mappings.values(), config, arn, m.uuid)
+            resolved = resolve_function(self.config, config)
+            fn, m.function_arn = resolved.config, resolved.arn
+            check_conflict(self._mappings.values(), config, m.function_arn, m.uuid)
             check_supported(config)
+            if m.origin == "api":  # the allow-list may have changed since it was created
+                self._destinations.check(config.destination_config.on_failure.destination)
             self.functions.check(fn)
         except MappingError as err:
             if m.origin == "config":  # the daemon does not start, as with any config error

@@ -21,10 +21,13 @@ from anyio.streams.text import TextReceiveStream
 from kinesis_esm.config import ControlConfig
 from tests.support.control import (
     ACCOUNT,
+    STREAM_ARN,
     aws_cli,
     aws_cli_env,
     call,
     lambda_client,
+    memory_config,
+    memory_daemon,
     running_daemon,
 )
 from tests.support.kinesis import create_stream, kinesis_client, put_records, wait_for
@@ -289,3 +292,38 @@ async def test_non_loopback_bind_without_auth_is_a_config_error(tmp_path: Path) 
         [KINESIS_ESM, "validate", "--config", str(config)], check=False
     )
     assert result.returncode == 0, result.stderr.decode()
+
+
+async def test_aws_cli_meets_the_guards(tmp_path: Path) -> None:
+    """The AWS CLI's requests pass the Host and content-type checks, and it shows the new
+    refusals as modelled errors: one function however spelled, the mapping cap, destinations."""
+    control = ControlConfig(port=0, max_mappings=1)
+    async with memory_daemon(memory_config(functions=("f", "g"), control=control)) as daemon:
+        url, stream = daemon.url, STREAM_ARN
+        await aws_ok(
+            tmp_path, url, "create-event-source-mapping", "--function-name", "f",
+            "--event-source-arn", stream, "--starting-position", "LATEST",
+        )  # fmt: skip
+        code, _, err = await aws(
+            tmp_path, url, "create-event-source-mapping", "--function-name", "f:$LATEST",
+            "--event-source-arn", stream, "--starting-position", "LATEST",
+        )  # fmt: skip
+        assert code != 0 and "(ResourceConflictException)" in err, err
+        code, _, err = await aws(
+            tmp_path, url, "create-event-source-mapping", "--function-name", "g",
+            "--event-source-arn", stream, "--starting-position", "LATEST",
+        )  # fmt: skip
+        assert code != 0 and "(ServiceQuotaExceededException)" in err, err
+        assert "max_mappings (1)" in err
+        (mapping,) = (await aws_ok(tmp_path, url, "list-event-source-mappings"))[
+            "EventSourceMappings"
+        ]
+        await wait_for(
+            lambda: daemon.runtime.get(mapping["UUID"]).state == "Enabled", 10, message="Enabled"
+        )  # an update of a mapping still being created answers ResourceInUseException
+        code, _, err = await aws(
+            tmp_path, url, "update-event-source-mapping", "--uuid", mapping["UUID"],
+            "--destination-config", '{"OnFailure": {"Destination": "file:///etc/esm"}}',
+        )  # fmt: skip
+        assert code != 0 and "(InvalidParameterValueException)" in err, err
+        assert "file_destinations_root" in err

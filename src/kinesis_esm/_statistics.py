@@ -48,6 +48,9 @@ class ShardStatistics:
     millis_behind_latest: int | None  # from the last GetRecords
     records_polled: int
     records_invoked: int
+    read_mode: str = "polling"  # "polling" (GetRecords) or "subscribe" (enhanced fan-out)
+    subscription_age_s: float | None = None  # of the current SubscribeToShard
+    resubscriptions: int = 0
 
 
 def waiting_statistics(shard_id: str, checkpoint: str | None) -> ShardStatistics:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 import uuid as _uuid
 from dataclasses import dataclass
@@ -73,6 +74,9 @@ class EventSourceMappingConfig:
     on_failure_delivery: str = "retry"
     # kinesis-esm: split KPL aggregates into their user records, each its own event record
     deaggregate: bool = False
+    # kinesis-esm: read through this enhanced fan-out consumer of the stream, registered if
+    # missing (with a stream ARN; a consumer ARN as event_source_arn names one directly)
+    register_consumer: str | None = None
     uuid: str | None = None  # assigned by the runtime (see stable_uuid)
 
     def __post_init__(self) -> None:
@@ -88,6 +92,7 @@ class EventSourceMappingConfig:
         self._check_response_types()
         self._check_destination()
         self._check_filters()
+        self._check_register_consumer()
         if self.on_failure_delivery not in ("retry", "drop"):
             raise ConfigError(
                 f"on_failure_delivery must be 'retry' or 'drop', got {self.on_failure_delivery!r}",
@@ -132,6 +137,19 @@ class EventSourceMappingConfig:
                 hint="expected arn:aws:kinesis:<region>:<12-digit account>:stream/<name>, or "
                 "that followed by /consumer/<name>:<epoch> for enhanced fan-out",
             )
+
+    def _check_register_consumer(self) -> None:
+        name = self.register_consumer
+        if name is None:
+            return
+        _expect("register_consumer", name, (str,), "a string")
+        if not re.fullmatch(r"[a-zA-Z0-9_.-]{1,128}", name):
+            message = f"{name!r} is not a stream consumer name"
+            hint = "1 to 128 letters, digits, '_', '.' or '-'"
+            raise ConfigError(message, parameter="register_consumer", hint=hint)
+        if self.consumer_arn is not None:
+            message = "names a consumer to register, but event_source_arn already is a consumer"
+            raise ConfigError(message, parameter="register_consumer", hint="give one of the two")
 
     def _check_starting_position(self) -> None:
         pos, ts, name = (

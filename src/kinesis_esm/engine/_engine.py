@@ -19,6 +19,7 @@ from ..config import EventSourceMappingConfig, KinesisConfig, unsupported_featur
 from ..functions import CallableFunction, Function
 from ..pipeline._settings import PollSettings, RetrySettings
 from ..source import KinesisSource, StreamSource
+from ..source._consumers import FanOutClient
 from ..state import CheckpointStore, MemoryCheckpointStore, SQLiteCheckpointStore
 from ._mapping import MappingRunner
 
@@ -36,6 +37,7 @@ SUPPORTED_FEATURES: frozenset[str] = frozenset(
         "function_response_types",
         "destination_config",
         "filter_criteria",
+        "consumer_arn",
     }
 )
 
@@ -60,6 +62,7 @@ class Engine:
         self.store: CheckpointStore = checkpoint_store or MemoryCheckpointStore()
         self._source = source
         self._sources: dict[str | None, KinesisSource] = {}
+        self._fan_outs: dict[str | None, FanOutClient] = {}  # enhanced fan-out, per region
         self.poll_settings = poll_settings or PollSettings()
         self.retry_settings = retry_settings or RetrySettings()
         self.shard_sync_interval = shard_sync_interval
@@ -92,6 +95,10 @@ class Engine:
                 with anyio.CancelScope(shield=True):
                     await source.aclose()
             self._sources.clear()
+            for fan_out in self._fan_outs.values():
+                with anyio.CancelScope(shield=True):
+                    await fan_out.aclose()
+            self._fan_outs.clear()
 
     def _request_stop(self, tg: anyio.abc.TaskGroup) -> None:
         runners = list(self._mappings.values())
@@ -129,6 +136,17 @@ class Engine:
             self._sources[region] = source
         return source
 
+    def _fan_out_for(self, config: EventSourceMappingConfig) -> FanOutClient | None:
+        if config.consumer_arn is None and config.register_consumer is None:
+            return None
+        region = self.kinesis.region or config.region
+        fan_out = self._fan_outs.get(region)
+        if fan_out is None:
+            endpoint = getattr(self._source, "endpoint_url", None) or self.kinesis.endpoint_url
+            fan_out = FanOutClient(endpoint_url=endpoint, region=region)
+            self._fan_outs[region] = fan_out
+        return fan_out
+
     async def add_mapping(
         self,
         config: EventSourceMappingConfig,
@@ -163,6 +181,7 @@ class Engine:
             shard_sync_interval=self.shard_sync_interval,
             invoke_identity_arn=invoke_identity_arn,
             owns_function=owns_function,
+            fan_out=self._fan_out_for(config),
         )
         if runner.uuid in self._mappings:
             raise ValueError(f"mapping {runner.uuid} is already running")

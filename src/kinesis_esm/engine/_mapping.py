@@ -24,6 +24,7 @@ from ..pipeline._processor import BatchProcessor
 from ..pipeline._settings import PollSettings, RetrySettings
 from ..policy._filters import RecordFilter
 from ..source import IteratorPosition, ShardInfo, StreamSource
+from ..source._consumers import FanOutClient
 from ..state import SHARD_END, CheckpointStore
 
 __all__ = ["MappingRunner"]
@@ -44,10 +45,14 @@ class MappingRunner:
         shard_sync_interval: float = 60.0,
         invoke_identity_arn: str | None = None,
         owns_function: bool = False,
+        fan_out: FanOutClient | None = None,
     ) -> None:
         self.config = config
         self.function = function
         self._owns_function = owns_function
+        self.fan_out = fan_out
+        # enhanced fan-out: the consumer named by the ARN, or registered at start
+        self.consumer_arn: str | None = config.consumer_arn
         self.source = source
         self.store = store
         self.uuid = config.uuid or stable_uuid(config.function_name, config.event_source_arn)
@@ -118,6 +123,8 @@ class MappingRunner:
                 started_at = time.time()
                 await self.store.set_started_at(self.uuid, started_at)
             self._started_at = started_at
+            if self.consumer_arn is None and self.config.register_consumer is not None:
+                await self._register_consumer()
             async with anyio.create_task_group() as tg:
                 backoff = 0.5
                 while not self._stopping:
@@ -211,11 +218,31 @@ class MappingRunner:
                 counters=self.counters,
                 status=self,
                 poll_settings=self.poll_settings,
+                fan_out=self.fan_out,
+                consumer_arn=self.consumer_arn,
             )
             self._consumers[shard.shard_id] = consumer
             log.info("mapping %s: %s starts at %s", self.uuid, shard.shard_id, position)
             tg.start_soon(self._run_shard, consumer)
         return True
+
+    async def _register_consumer(self) -> None:
+        """kinesis-esm's ``register_consumer``: the stream's consumer of that name, registered
+        if missing (and left registered on exit: other workers of the fleet may read by it)."""
+        name = self.config.register_consumer
+        assert self.fan_out is not None and name is not None
+        backoff = 0.5
+        while not self._stopping:
+            try:
+                self.consumer_arn = await self.fan_out.register_consumer(self.stream_arn, name)
+                log.info("mapping %s: reading through consumer %s", self.uuid, self.consumer_arn)
+                self.source_recovered()
+                return
+            except SourceError as exc:
+                self.source_problem(exc)
+                with anyio.move_on_after(backoff):
+                    await self._sync_requested.wait()
+                backoff = min(backoff * 2, self.poll_settings.problem_backoff_max)
 
     def _start_position(self, shard: ShardInfo, checkpoint: str | None) -> IteratorPosition:
         if checkpoint is not None:

@@ -1,36 +1,35 @@
-"""One shard: a polling task feeding long-lived lane tasks, and the low-water checkpoint.
-
-The poller reads at Lambda's base rate of one GetRecords per second, and again at once while a
-poll comes back full, never faster than five calls per second (Kinesis's per-shard limit). It
-stops fetching while the shard's buffered records are at the bound (back-pressure).
-"""
+"""One shard: a reading task (``_readers``: polling or enhanced fan-out) feeding long-lived
+lane tasks, and the low-water checkpoint. Records read pass KPL de-aggregation and the
+mapping's filter before they reach the lanes (``_admit``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from typing import Any
 
 import anyio
 
 from .._backoff import Backoff
 from .._errors import (
     AccessDeniedError,
-    ExpiredIteratorError,
     SourceError,
     StreamNotFoundError,
     ThrottledError,
-    TrimmedPositionError,
 )
 from .._statistics import MappingCounters, ShardStatistics
 from ..events._lambda import MAX_EVENT_BYTES, USER_RECORD_OVERHEAD, event_record_overhead
 from ..events._record import Record
-from ..source import ChildShard, GetRecordsResult, IteratorPosition, ShardInfo, StreamSource
+from ..source import ChildShard, IteratorPosition, ShardInfo, StreamSource
+from ..source._consumers import FanOutClient
 from ..source._kpl import expand_all
+from ..source._subscribe import ShardSubscriber
 from ..state import SHARD_END
 from ._batching import batch_count, event_bytes
 from ._lanes import Lane, ShardScheduler
 from ._ports import BatchHandler, CheckpointCommitter, MappingIdentity, StatusSink
+from ._readers import poll_shard, subscribe_shard
 from ._settings import PollSettings
 
 __all__ = ["ShardConsumer"]
@@ -56,6 +55,8 @@ class ShardConsumer:
         counters: MappingCounters,
         status: StatusSink,
         poll_settings: PollSettings,
+        fan_out: FanOutClient | None = None,
+        consumer_arn: str | None = None,
     ) -> None:
         self.shard = shard
         self.position = position
@@ -66,6 +67,9 @@ class ShardConsumer:
         self.counters = counters
         self.status = status
         self.poll_settings = poll_settings
+        self.fan_out = fan_out  # with consumer_arn: read by SubscribeToShard (enhanced fan-out)
+        self.consumer_arn = consumer_arn
+        self.subscriber: ShardSubscriber | None = None
         cfg = identity.config
         self.config = cfg
         self.scheduler = ShardScheduler(cfg.parallelization_factor)
@@ -83,6 +87,7 @@ class ShardConsumer:
         self.checkpoint = checkpoint
         self.last_read_sequence: str | None = None
         self.ended = False
+        self.lost = False  # a checkpoint write was refused (fencing)
         self.child_shards: list[ChildShard] = []
         self.iterator_age_ms: int | None = None
         self.millis_behind_latest: int | None = None
@@ -105,11 +110,14 @@ class ShardConsumer:
                 tg.start_soon(self._lane_loop, lane)
             with anyio.CancelScope() as self._poll_scope:
                 if not self._stopping:
-                    await self._poll_loop()
+                    await self._read()
             self._polling_done = True
             self._wake_all()
         if self.ended and not self._stopping and self.scheduler.buffered == 0:
-            await self.committer.commit(self.shard.shard_id, SHARD_END)
+            if not await self.committer.commit(self.shard.shard_id, SHARD_END):
+                self._lose()
+                self.state = "lost"
+                return False
             self.checkpoint = SHARD_END
             self.state = "ended"
             return True
@@ -137,80 +145,50 @@ class ShardConsumer:
             event.set()
         self._space.set()
 
-    # polling
+    # reading (the loops are in _readers: polling GetRecords, or an enhanced fan-out subscription)
 
-    def _resume_position(self) -> IteratorPosition:
+    async def _read(self) -> None:
+        if self.fan_out is None or self.consumer_arn is None:
+            await poll_shard(self)
+            return
+        self.subscriber = self.fan_out.subscriber(
+            self.consumer_arn, self.shard.shard_id, self.resume_position()
+        )
+        await subscribe_shard(self, self.subscriber)
+
+    def resume_position(self) -> IteratorPosition:
         if self.last_read_sequence is not None:  # after the last record read, not the checkpoint
             return IteratorPosition.after(self.last_read_sequence)
         return self.position
 
-    async def _poll_loop(self) -> None:
-        settings = self.poll_settings
-        source = self.source
-        arn = self.identity.stream_arn
-        shard_id = self.shard.shard_id
-        counters = self.counters
-        backoff = Backoff(settings.error_backoff_initial, settings.error_backoff_max)
-        iterator: str | None = None
-        last_call = -1e9
-        # back-pressure: poll again once a batch or half the bound is free, not per record
+    async def wait_for_room(self) -> None:
+        """Back-pressure: read again once a batch or half the bound is free, not per record."""
         room_needed = max(
             1, min(self.max_buffered, max(self.config.batch_size, self.max_buffered // 2))
         )
-        while True:
-            while self.max_buffered - self.scheduler.buffered < room_needed:
-                self._space = anyio.Event()
-                await self._space.wait()
-            if iterator is None:
-                position = self._resume_position()
-                asked_at = time.time()
-                try:
-                    iterator = await source.get_shard_iterator(arn, shard_id, position)
-                    if position.type == "LATEST":
-                        # a later iterator (after an error or expiry, before any record was
-                        # read) must not jump to a newer LATEST and skip what came meanwhile
-                        self.position = IteratorPosition("AT_TIMESTAMP", timestamp=asked_at)
-                except TrimmedPositionError as exc:
-                    self._restart_after_trim(position, exc)
-                    continue
-                except SourceError as exc:
-                    await self._source_failed(exc, backoff)
-                    continue
-            delay = last_call + settings.min_interval - time.monotonic()
-            if delay > 0:
-                await anyio.sleep(delay)
-            limit = min(settings.max_records_per_call, self.max_buffered - self.scheduler.buffered)
-            last_call = time.monotonic()
-            counters.get_records_calls += 1
-            try:
-                result = await source.get_records(arn, iterator, limit)
-            except ExpiredIteratorError:
-                log.info("%s: iterator expired; resuming at %s", shard_id, self._resume_position())
-                iterator = None
-                continue
-            except SourceError as exc:
-                if not isinstance(exc, ThrottledError):
-                    iterator = None  # a broken connection may have spoiled it; take a fresh one
-                await self._source_failed(exc, backoff)
-                continue
-            backoff.reset()
-            self.status.source_recovered()
-            records = result.records
-            self.millis_behind_latest = result.millis_behind_latest
-            if records:
-                self.records_polled += len(records)
-                counters.polled_events += len(records)
-                self.last_read_sequence = records[-1].sequence_number
-                if self._admit(records):
-                    await self.commit()  # the checkpoint may pass filtered-out records now
-            iterator = result.next_iterator
-            if iterator is None or self._read_to_listed_end(result):
-                self.ended = True
-                self.child_shards = result.child_shards
-                return
-            more = len(records) >= limit or bool(result.millis_behind_latest)
-            if not more:
-                await anyio.sleep(max(0.0, last_call + settings.base_interval - time.monotonic()))
+        while self.max_buffered - self.scheduler.buffered < room_needed:
+            self._space = anyio.Event()
+            await self._space.wait()
+
+    @property
+    def room(self) -> int:
+        return self.max_buffered - self.scheduler.buffered
+
+    async def accept(self, records: list[Record], millis_behind_latest: int | None) -> None:
+        """Records read from the shard, in order, handed to the lanes."""
+        self.status.source_recovered()
+        self.millis_behind_latest = millis_behind_latest
+        if records:
+            self.records_polled += len(records)
+            self.counters.polled_events += len(records)
+            self.last_read_sequence = records[-1].sequence_number
+            if self._admit(records):
+                await self.commit()  # the checkpoint may pass filtered-out records now
+
+    def end(self, child_shards: list[ChildShard]) -> None:
+        """The shard is read to its end; its children are known."""
+        self.ended = True
+        self.child_shards = child_shards
 
     def _admit(self, records: list[Record]) -> bool:
         """Hand records read to the lanes: KPL user records when de-aggregating, filtered by
@@ -249,16 +227,7 @@ class ShardConsumer:
             ]
         return users
 
-    def _read_to_listed_end(self, result: GetRecordsResult) -> bool:
-        """A closed shard read to its listed end, on servers whose closed shards never return a
-        null NextShardIterator (moto): nothing more came and nothing is behind."""
-        ending = self.shard.ending_sequence_number
-        if ending is None or result.records or result.millis_behind_latest:
-            return False
-        last = self.last_read_sequence
-        return last is None or int(last) >= int(ending)
-
-    def _restart_after_trim(self, position: IteratorPosition, exc: SourceError) -> None:
+    def restart_after_trim(self, position: IteratorPosition, exc: SourceError) -> None:
         # The checkpoint is older than the stream's retention: what lay between is gone. Count
         # the gap, say so loudly, and go on from the oldest record rather than loop or crash.
         self.counters.retention_gaps += 1
@@ -272,7 +241,7 @@ class ShardConsumer:
         self.last_read_sequence = None
         self.position = IteratorPosition("TRIM_HORIZON")
 
-    async def _source_failed(self, exc: SourceError, backoff: Backoff) -> None:
+    async def source_failed(self, exc: SourceError, backoff: Backoff) -> None:
         counters = self.counters
         counters.source_errors += 1
         delay = backoff.next_delay()
@@ -331,6 +300,14 @@ class ShardConsumer:
             window_start = time.monotonic()
             await self.commit()
 
+    def _lose(self) -> None:
+        """Fenced: another worker holds the shard now. Stop at the next batch boundary, and
+        write nothing more (the new owner resumes from the last checkpoint it can see)."""
+        if not self.lost:
+            self.lost = True
+            log.warning("%s: the lease was lost; stopping, no further checkpoints", self.shard_id)
+            self.stop()
+
     def _oversized(self, record: Record) -> bool:
         return event_bytes([record], self.overhead) > MAX_EVENT_BYTES
 
@@ -338,9 +315,11 @@ class ShardConsumer:
         """Write the low-water mark if it moved, and let the poller refill."""
         async with self._commit_lock:
             sequence = self.scheduler.update_low_water()
-            if sequence is not None:
-                await self.committer.commit(self.shard.shard_id, sequence)
-                self.checkpoint = sequence
+            if sequence is not None and not self.lost:
+                if await self.committer.commit(self.shard.shard_id, sequence):
+                    self.checkpoint = sequence
+                else:
+                    self._lose()
         self._space.set()
 
     async def sleep_unless_stopped(self, delay: float) -> bool:
@@ -362,4 +341,16 @@ class ShardConsumer:
             millis_behind_latest=self.millis_behind_latest,
             records_polled=self.records_polled,
             records_invoked=self.records_invoked,
+            **self._read_statistics(),
         )
+
+    def _read_statistics(self) -> dict[str, Any]:
+        subscriber = self.subscriber
+        if subscriber is None:
+            return {"read_mode": "subscribe" if self.consumer_arn else "polling"}
+        stats = subscriber.statistics()
+        return {
+            "read_mode": "subscribe",
+            "subscription_age_s": stats.subscription_age,
+            "resubscriptions": stats.resubscriptions,
+        }

@@ -59,9 +59,16 @@ class StatusSink(Protocol):
 
 
 class CheckpointCommitter(Protocol):
-    """Writes one mapping's shard checkpoints (the place where a lease fences them)."""
+    """Writes one mapping's shard checkpoints (the place where a lease fences them).
 
-    async def commit(self, shard_id: str, sequence: str) -> None: ...
+    ``window_state``: a tumbling window's state, stored with the checkpoint in one write (the
+    window resumes from exactly what the checkpointed records produced). Returns False when
+    the write was refused because this worker no longer holds the shard: the shard stops at
+    once, without further checkpoints or invocations."""
+
+    async def commit(
+        self, shard_id: str, sequence: str, *, window_state: bytes | None = None
+    ) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +78,11 @@ class StoreCommitter:
     store: CheckpointStore
     uuid: str
 
-    async def commit(self, shard_id: str, sequence: str) -> None:
+    async def commit(
+        self, shard_id: str, sequence: str, *, window_state: bytes | None = None
+    ) -> bool:
         await self.store.set_checkpoint(self.uuid, shard_id, sequence)
+        return True
 
 
 class ShardHandle(Protocol):

@@ -1,0 +1,143 @@
+"""Enhanced fan-out mappings end to end through kinesis-mock: a stream consumer's ARN as
+event_source_arn reads by SubscribeToShard through the same pipeline as polling (lanes, per-key
+order, checkpoints, statistics); ``register_consumer`` registers one; two mappings on two
+consumers of one stream both get everything; a restart resumes after the checkpoint."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kinesis_esm import Engine, EventSourceMappingConfig, KinesisConfig, SQLiteCheckpointStore
+from kinesis_esm.source._consumers import FanOutClient
+from tests.support.emulators import KinesisMock
+from tests.support.kinesis import (
+    KinesisClient,
+    StreamRecord,
+    create_stream,
+    kinesis_client,
+    put_records,
+    wait_for,
+)
+
+pytestmark = pytest.mark.anyio
+REGION = "us-east-1"
+
+
+@pytest.fixture
+async def client(kinesis_mock: KinesisMock) -> AsyncIterator[KinesisClient]:
+    async with kinesis_client(kinesis_mock.endpoint_url) as c:
+        yield c
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, event: dict[str, Any], context: Any) -> None:
+        with self.lock:
+            self.records.extend(event["Records"])
+
+    def ids(self) -> list[str]:
+        with self.lock:
+            return [r["eventID"] for r in self.records]
+
+
+def ids(written: list[StreamRecord]) -> set[str]:
+    return {f"{w.shard_id}:{w.sequence_number}" for w in written}
+
+
+def keyed(count: int, prefix: str = "r") -> list[tuple[str, bytes]]:
+    return [(f"key-{i % 7}", f"{prefix}{i}".encode()) for i in range(count)]
+
+
+@pytest.mark.parametrize("factor", [1, 4])
+async def test_a_consumer_arn_mapping_delivers_everything_in_key_order(
+    kinesis_mock: KinesisMock, client: KinesisClient, stream_name: str, factor: int
+) -> None:
+    arn = await create_stream(client, stream_name, 2)
+    async with FanOutClient(endpoint_url=kinesis_mock.endpoint_url, region=REGION) as fan:
+        consumer = await fan.register_consumer(arn, "esm")
+    written = await put_records(client, stream_name, keyed(120))
+    collect = Collect()
+    config = EventSourceMappingConfig(
+        function_name="f",
+        event_source_arn=consumer,
+        starting_position="TRIM_HORIZON",
+        batch_size=10,
+        parallelization_factor=factor,
+    )
+    kinesis = KinesisConfig(endpoint_url=kinesis_mock.endpoint_url, region=REGION)
+    async with Engine(kinesis=kinesis) as engine:
+        uuid = await engine.add_mapping(config, collect)
+        await wait_for(lambda: ids(written) <= set(collect.ids()), 30, message="every record")
+        stats = engine.mapping_statistics(uuid)
+    assert sorted(collect.ids()) == sorted(ids(written))  # once each
+    assert {s.read_mode for s in stats.shards} == {"subscribe"}
+    assert stats.counters.get_records_calls == 0  # nothing polled
+    for key in {k for k, _ in keyed(120)}:  # per shard and key, in sequence order
+        for shard in {w.shard_id for w in written}:
+            seqs = [
+                int(r["kinesis"]["sequenceNumber"])
+                for r in collect.records
+                if r["kinesis"]["partitionKey"] == key and r["eventID"].startswith(shard)
+            ]
+            assert seqs == sorted(seqs)
+
+
+async def test_register_consumer_and_two_mappings_on_two_consumers_both_get_everything(
+    kinesis_mock: KinesisMock, client: KinesisClient, stream_name: str
+) -> None:
+    arn = await create_stream(client, stream_name, 1)
+    written = await put_records(client, stream_name, keyed(40))
+    one, two = Collect(), Collect()
+    kinesis = KinesisConfig(endpoint_url=kinesis_mock.endpoint_url, region=REGION)
+    async with Engine(kinesis=kinesis) as engine:
+        for name, collect in (("one", one), ("two", two)):
+            config = EventSourceMappingConfig(
+                function_name=f"f-{name}",
+                event_source_arn=arn,
+                starting_position="TRIM_HORIZON",
+                register_consumer=name,
+            )
+            await engine.add_mapping(config, collect)
+        await wait_for(
+            lambda: ids(written) <= set(one.ids()) and ids(written) <= set(two.ids()),
+            30,
+            message="both mappings have every record",
+        )
+    async with FanOutClient(endpoint_url=kinesis_mock.endpoint_url, region=REGION) as fan:
+        for name in ("one", "two"):  # registered, and left in place
+            consumer = await fan.register_consumer(arn, name)
+            assert consumer.startswith(f"{arn}/consumer/{name}:")
+
+
+async def test_a_restart_resubscribes_after_the_checkpoint(
+    kinesis_mock: KinesisMock, client: KinesisClient, stream_name: str, tmp_path: Path
+) -> None:
+    arn = await create_stream(client, stream_name, 1)
+    async with FanOutClient(endpoint_url=kinesis_mock.endpoint_url, region=REGION) as fan:
+        consumer = await fan.register_consumer(arn, "esm")
+    first = await put_records(client, stream_name, keyed(30, "a"))
+    state = str(tmp_path / "state.db")
+    config = EventSourceMappingConfig(
+        function_name="f", event_source_arn=consumer, starting_position="TRIM_HORIZON"
+    )
+    kinesis = KinesisConfig(endpoint_url=kinesis_mock.endpoint_url, region=REGION)
+    collect = Collect()
+    async with Engine(kinesis=kinesis, checkpoint_store=state) as engine:
+        uuid = await engine.add_mapping(config, collect)
+        await wait_for(lambda: ids(first) <= set(collect.ids()), 30, message="the first records")
+    checkpoint = (await SQLiteCheckpointStore(state).get_checkpoints(uuid))[first[-1].shard_id]
+    assert checkpoint == first[-1].sequence_number
+    second = await put_records(client, stream_name, keyed(20, "b"))
+    again = Collect()
+    async with Engine(kinesis=kinesis, checkpoint_store=state) as engine:
+        await engine.add_mapping(config, again)
+        await wait_for(lambda: ids(second) <= set(again.ids()), 30, message="the new records")
+    assert set(again.ids()) == ids(second)  # after the checkpoint: nothing of the first again

@@ -1,4 +1,4 @@
-"""``python -m benchmarks [throughput|latency|idle|pipeline] [options]``; no name runs them all.
+"""``python -m benchmarks [NAME] [options]``; no name runs them all (names: ``BENCHMARKS``).
 
 ``--quick`` and ``--full`` pass through to each benchmark. Results go to benchmarks/results/.
 """
@@ -11,7 +11,17 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-BENCHMARKS = ("throughput", "latency", "idle", "pipeline")
+BENCHMARKS = (
+    "throughput",
+    "latency",
+    "idle",
+    "pipeline",
+    "kpl",
+    "efo",
+    "targets",
+    "environments",
+    "fleet",
+)
 _SHARED_FLAGS = {"--quick", "--full"}
 
 

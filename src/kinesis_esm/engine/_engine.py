@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from .._redact import install_redaction
 from .._statistics import EngineStatistics, MappingStatistics
 from ..config import EventSourceMappingConfig, KinesisConfig, unsupported_features
 from ..functions import CallableFunction, Function
@@ -56,6 +57,7 @@ class Engine:
         shard_sync_interval: float = 60.0,
         stop_grace: float | None = None,
     ) -> None:
+        install_redaction()  # no credential reaches a log line, embedded or in the daemon
         self.kinesis = kinesis or KinesisConfig()
         if isinstance(checkpoint_store, str):
             checkpoint_store = SQLiteCheckpointStore(checkpoint_store)

@@ -19,7 +19,10 @@ from kinesis_esm import (
     KinesisConfig,
     LambdaContext,
     MemoryCheckpointStore,
+    Record,
+    build_event,
 )
+from kinesis_esm.events import EventSource
 from tests.support.kinesis import (
     KinesisClient,
     StreamRecord,
@@ -244,3 +247,16 @@ async def test_context_has_what_lambda_handlers_use(moto: str, stream_name: str)
         first, later = s["remaining"]
         assert 3000 < first <= 4000  # the function timeout, counted from the invocation
         assert 0 < later < first
+
+
+@pytest.mark.parametrize(
+    ("wire", "shown"), [(None, None), ("NONE", None), ("KMS", "KMS")], ids=["absent", "NONE", "KMS"]
+)
+def test_encryption_type_appears_for_kms_streams_only(wire: str | None, shown: str | None) -> None:
+    """AWS's sample event of a KMS stream has encryptionType; its unencrypted samples have none,
+    though GetRecords may say EncryptionType NONE for them."""
+    source = EventSource(
+        "arn:aws:kinesis:us-east-1:123456789012:stream/s", "shardId-1", "us-east-1", "r"
+    )
+    event = build_event(source, [Record("1", "k", "AA==", 1.0, wire)])
+    assert event["Records"][0]["kinesis"].get("encryptionType") == shown

@@ -42,8 +42,12 @@ def build_event(source: EventSource, records: Sequence[Record]) -> dict[str, Any
             "data": r.data_b64,
             "approximateArrivalTimestamp": round(r.approximate_arrival_timestamp, 3),
         }
-        if r.encryption_type is not None:
-            kinesis["encryptionType"] = r.encryption_type
+        encryption = r.encryption_type
+        if encryption is not None and encryption != "NONE":
+            # Lambda's documented events carry encryptionType for KMS streams only (AWS's
+            # sample of a KMS stream's event has it, every unencrypted sample lacks it), while
+            # GetRecords may answer EncryptionType NONE for an unencrypted stream
+            kinesis["encryptionType"] = encryption
         event_id = shard_prefix + r.sequence_number
         if r.sub_sequence_number is not None:  # a user record of a KPL aggregate
             # aws-kinesis-agg's field names, so handlers written for its deaggregator still work

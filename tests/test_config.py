@@ -408,7 +408,18 @@ def test_too_many_filters() -> None:
 
 @pytest.mark.parametrize(
     "pattern",
-    ["not json", "[1, 2]", '"data"', '{"data": "plain"}', '{"data": ["plain"]}', "{}", '{"a": []}'],
+    [
+        "not json",
+        "[1, 2]",
+        '"data"',
+        '{"data": "plain"}',
+        '{"data": ["plain"]}',
+        "{}",
+        '{"a": []}',
+        '{"data": {"n": [{"numeric": ["<"]}]}}',  # the matcher's compiler decides, not a shape
+        '{"data": {"n": [{"no-such-operator": 1}]}}',
+        '{"partitionKey": [{"prefix": 5}]}',
+    ],
 )
 def test_invalid_filter_pattern_is_lambdas_message(pattern: str) -> None:
     err = rejects("filter_criteria.filters[0].pattern", filter_criteria=filters(pattern))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
+from ..policy._filters import INVALID_PATTERN_MESSAGE, PatternError, compile_pattern
 from ._errors import ConfigError, _constraint, _expect, _type_name
 
 __all__ = [
@@ -61,18 +61,6 @@ def nesting_depth(text: str | bytes, limit: int) -> int:
     return deepest
 
 
-def _pattern_problem(node: object, path: str) -> str | None:
-    """Why an EventBridge-style pattern is malformed (shape only: operators are the filter's)."""
-    if isinstance(node, list):
-        return None if node else f"{path} is an empty array"
-    if not isinstance(node, dict) or not node:
-        return f"{path} must be a non-empty object or an array of match values"
-    if path == "pattern" and "data" in node and not isinstance(node["data"], dict):
-        return "the data clause must be a JSON object (Kinesis data is matched as JSON)"
-    problems = (_pattern_problem(child, f"{path}.{key}") for key, child in node.items())
-    return next((why for why in problems if why), None)
-
-
 def check_filter(index: int, flt: object) -> None:
     name = f"filter_criteria.filters[{index}].pattern"
     if not isinstance(flt, Filter):
@@ -85,11 +73,7 @@ def check_filter(index: int, flt: object) -> None:
     if nesting_depth(flt.pattern, MAX_PATTERN_DEPTH) > MAX_PATTERN_DEPTH:
         hint = f"nested more than {MAX_PATTERN_DEPTH} deep"
         raise ConfigError("Invalid filter pattern definition.", parameter=name, hint=hint)
-    try:
-        pattern = json.loads(flt.pattern)
-        why = _pattern_problem(pattern, "pattern") if isinstance(pattern, dict) else None
-        why = why or (None if isinstance(pattern, dict) else "a pattern must be a JSON object")
-    except ValueError as exc:
-        why = f"not JSON: {exc}"
-    if why is not None:
-        raise ConfigError("Invalid filter pattern definition.", parameter=name, hint=why)
+    try:  # the matcher's own compiler: what passes here is what the pipeline runs
+        compile_pattern(flt.pattern)
+    except PatternError as exc:
+        raise ConfigError(INVALID_PATTERN_MESSAGE, parameter=name, hint=str(exc)) from None

@@ -38,6 +38,8 @@ from kinesis_esm import (
     CallableFunction,
     Engine,
     EventSourceMappingConfig,
+    Filter,
+    FilterCriteria,
     LambdaContext,
     MemoryCheckpointStore,
     MemoryStream,
@@ -80,9 +82,12 @@ class Case:
     kind: Literal["engine", "bare", "bare-invoke"]
     input: Input
     factor: int = 1
+    filters: int = 0  # FilterCriteria patterns; the last one matches every record
 
     @property
     def label(self) -> str:
+        if self.kind == "engine" and self.filters:
+            return f"kinesis-esm {self.input}, factor {self.factor}, {self.filters} filters"
         if self.kind == "engine":
             return f"kinesis-esm {self.input}, factor {self.factor}"
         return f"{self.kind} loop, {self.input}"
@@ -93,6 +98,7 @@ CASES: tuple[Case, ...] = (
     Case("records-f10", "engine", "records", 10),
     Case("events-f1", "engine", "events", 1),
     Case("events-f10", "engine", "events", 10),
+    Case("events-f1-filter5", "engine", "events", 1, filters=5),
     Case("bare-records", "bare", "records"),
     Case("bare-events", "bare", "events"),
     Case("bare-invoke-records", "bare-invoke", "records"),
@@ -100,8 +106,20 @@ CASES: tuple[Case, ...] = (
 )
 
 
+# JSON data of RECORD_BYTES, so the filter cases have something to match on
+_PAYLOAD = b'{"kind":"order","shop":"s1","total":42,"pad":"' + b"x" * (RECORD_BYTES - 50) + b'"}'
+# Five patterns, the last one matching every record: each record is tested against all five
+FILTERS = (
+    '{"data": {"kind": ["refund"]}}',
+    '{"data": {"total": [{"numeric": [">", 1000]}]}}',
+    '{"partitionKey": [{"prefix": "nobody-"}]}',
+    '{"data": {"shop": [{"anything-but": ["s1"]}]}}',
+    '{"data": {"kind": ["order"], "total": [{"numeric": [">=", 0, "<", 100]}]}}',
+)
+
+
 def build_records(count: int) -> list[Record]:
-    data = base64.b64encode(b"x" * RECORD_BYTES).decode("ascii")  # shared by every record
+    data = base64.b64encode(_PAYLOAD).decode("ascii")  # shared by every record
     keys = [f"partition-key-{k:05d}" for k in range(KEYS)]
     now = 1_700_000_000.0
     base = 10**55
@@ -149,6 +167,9 @@ async def run_engine(records: list[Record], case: Case) -> Sample:
         batch_size=BATCH_SIZE,
         parallelization_factor=case.factor,
         max_buffered_records=MAX_BUFFERED or len(records),
+        filter_criteria=FilterCriteria(tuple(Filter(p) for p in FILTERS[: case.filters]))
+        if case.filters
+        else None,
     )
     store = MemoryCheckpointStore()
     async with Engine(
@@ -286,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     ratios = {
         "records: factor 10 / factor 1": paired("records-f10", "records-f1"),
         "events: factor 10 / factor 1": paired("events-f10", "events-f1"),
+        "events: 5 filters / no filter": paired("events-f1-filter5", "events-f1"),
         "records: kinesis-esm / bare loop": paired("records-f1", "bare-records"),
         "events: kinesis-esm / bare loop": paired("events-f1", "bare-events"),
         "records: kinesis-esm / bare invoke loop": paired("records-f1", "bare-invoke-records"),

@@ -2,6 +2,7 @@
 daemon's own settings; the TOML loader. Pure: nothing here does I/O but reading the file."""
 
 from ._arn import stable_uuid
+from ._coordination import CoordinationConfig
 from ._criteria import Filter, FilterCriteria
 from ._daemon import ControlConfig, DaemonConfig, FunctionConfig, KinesisConfig, StateConfig
 from ._errors import (
@@ -21,6 +22,7 @@ __all__ = (
     "VALIDATION",
     "ConfigError",
     "ControlConfig",
+    "CoordinationConfig",
     "DaemonConfig",
     "DestinationConfig",
     "EventSourceMappingConfig",

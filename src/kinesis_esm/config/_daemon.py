@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from ._arn import FUNCTION_REF, REGION, stable_uuid
+from ._coordination import CoordinationConfig
 from ._errors import RESOURCE_CONFLICT, ConfigError, _expect, _in_range
 from ._functions import FunctionConfig
 from ._mapping import EventSourceMappingConfig
@@ -223,6 +224,7 @@ class DaemonConfig:
     functions: tuple[FunctionConfig, ...] = ()
     event_source_mappings: tuple[EventSourceMappingConfig, ...] = ()
     control: ControlConfig = ControlConfig()
+    coordination: CoordinationConfig = dataclasses.field(default_factory=CoordinationConfig)
 
     def __post_init__(self) -> None:
         if len(self.event_source_mappings) > self.control.max_mappings:

@@ -6,6 +6,8 @@ Layout (a contract)::
     [state]                       # optional: path
     [control]                     # optional: host, port, auth, access_key_id,
                                   #   secret_access_key, token
+    [coordination]                # optional: backend, table, worker_id, failover_time,
+                                  #   endpoint_url, region
     [functions.<name>]            # handler = "package.module:attr", timeout, memory_size, role
     [[event_source_mappings]]     # Lambda's CreateEventSourceMapping parameters, in snake_case
     [event_source_mappings.destination_config.on_failure]   # destination
@@ -29,6 +31,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ._coordination import CoordinationConfig
 from ._criteria import Filter, FilterCriteria, check_filter
 from ._daemon import ControlConfig, DaemonConfig, FunctionConfig, KinesisConfig, StateConfig
 from ._errors import ConfigError
@@ -36,7 +39,14 @@ from ._mapping import DestinationConfig, EventSourceMappingConfig, OnFailure
 
 __all__ = ["load_config", "parse_config"]
 
-TOP_LEVEL_KEYS = ("kinesis", "state", "control", "functions", "event_source_mappings")
+TOP_LEVEL_KEYS = (
+    "kinesis",
+    "state",
+    "control",
+    "coordination",
+    "functions",
+    "event_source_mappings",
+)
 MAPPING_KEYS = tuple(f.name for f in dataclasses.fields(EventSourceMappingConfig))
 FUNCTION_KEYS = tuple(f.name for f in dataclasses.fields(FunctionConfig) if f.name != "name")
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
@@ -205,7 +215,12 @@ def _function(name: str, value: object) -> FunctionConfig:
 
 def _parse(data: Mapping[str, object]) -> DaemonConfig:
     table = _table(data, "", TOP_LEVEL_KEYS)
-    settings = (("kinesis", KinesisConfig), ("state", StateConfig), ("control", ControlConfig))
+    settings = (
+        ("kinesis", KinesisConfig),
+        ("state", StateConfig),
+        ("control", ControlConfig),
+        ("coordination", CoordinationConfig),
+    )
     parts = {key: _settings(table, key, cls) for key, cls in settings if key in table}
     functions = table.get("functions", {})
     if not isinstance(functions, Mapping):

@@ -3,6 +3,9 @@
 WAL mode with synchronous=NORMAL: a committed write survives a kill -9 of the process (it is in
 the OS's page cache), and a commit costs tens of microseconds, so writes run inline on the event
 loop instead of paying a thread hop per batch.
+
+A shard's tumbling-window state is a nullable column of its checkpoint row, so the two are one
+write. Files from before windows existed get the column when opened (``ALTER TABLE``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     shard_id TEXT NOT NULL,
     checkpoint TEXT NOT NULL,
     updated_at REAL NOT NULL,
+    window_state BLOB,
     PRIMARY KEY (mapping_uuid, shard_id)
 );
 CREATE TABLE IF NOT EXISTS mapping_state (
@@ -37,6 +41,12 @@ class SQLiteCheckpointStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(checkpoints)")}
+        if "window_state" not in columns:  # a file written before tumbling windows
+            self._db.execute("ALTER TABLE checkpoints ADD COLUMN window_state BLOB")
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -53,9 +63,28 @@ class SQLiteCheckpointStore:
         self._db.execute(
             "INSERT INTO checkpoints (mapping_uuid, shard_id, checkpoint, updated_at) "
             "VALUES (?, ?, ?, ?) ON CONFLICT (mapping_uuid, shard_id) DO UPDATE SET "
-            "checkpoint = excluded.checkpoint, updated_at = excluded.updated_at",
+            "checkpoint = excluded.checkpoint, updated_at = excluded.updated_at, "
+            "window_state = NULL",
             (mapping_uuid, shard_id, checkpoint, time.time()),
         )
+
+    async def set_window_checkpoint(
+        self, mapping_uuid: str, shard_id: str, checkpoint: str, window_state: bytes
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO checkpoints (mapping_uuid, shard_id, checkpoint, updated_at, "
+            "window_state) VALUES (?, ?, ?, ?, ?) ON CONFLICT (mapping_uuid, shard_id) DO UPDATE "
+            "SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at, "
+            "window_state = excluded.window_state",
+            (mapping_uuid, shard_id, checkpoint, time.time(), bytes(window_state)),
+        )
+
+    async def get_window_state(self, mapping_uuid: str, shard_id: str) -> bytes | None:
+        row = self._db.execute(
+            "SELECT window_state FROM checkpoints WHERE mapping_uuid = ? AND shard_id = ?",
+            (mapping_uuid, shard_id),
+        ).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
 
     async def get_started_at(self, mapping_uuid: str) -> float | None:
         row = self._db.execute(

@@ -18,6 +18,7 @@ from .._redact import install_redaction
 from .._statistics import EngineStatistics, MappingStatistics
 from ..config import EventSourceMappingConfig, KinesisConfig, unsupported_features
 from ..functions import CallableFunction, Function
+from ..pipeline._budget import ShardReadBudget
 from ..pipeline._settings import PollSettings, RetrySettings
 from ..source import KinesisSource, StreamSource
 from ..source._consumers import FanOutClient
@@ -65,6 +66,8 @@ class Engine:
         self._source = source
         self._sources: dict[str | None, KinesisSource] = {}
         self._fan_outs: dict[str | None, FanOutClient] = {}  # enhanced fan-out, per region
+        # every mapping of this engine reading one shard shares its five reads per second
+        self.read_budget = ShardReadBudget()
         self.poll_settings = poll_settings or PollSettings()
         self.retry_settings = retry_settings or RetrySettings()
         self.shard_sync_interval = shard_sync_interval
@@ -184,6 +187,7 @@ class Engine:
             invoke_identity_arn=invoke_identity_arn,
             owns_function=owns_function,
             fan_out=self._fan_out_for(config),
+            read_budget=self.read_budget,
         )
         if runner.uuid in self._mappings:
             raise ValueError(f"mapping {runner.uuid} is already running")

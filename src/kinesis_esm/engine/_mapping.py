@@ -18,6 +18,7 @@ from .._errors import SourceError
 from .._statistics import MappingCounters, MappingStatistics, waiting_statistics
 from ..config import EventSourceMappingConfig, stable_uuid
 from ..functions import Function
+from ..pipeline._budget import ShardReadBudget
 from ..pipeline._consumer import ShardConsumer
 from ..pipeline._ports import MappingIdentity, StoreCommitter
 from ..pipeline._processor import BatchProcessor
@@ -46,11 +47,13 @@ class MappingRunner:
         invoke_identity_arn: str | None = None,
         owns_function: bool = False,
         fan_out: FanOutClient | None = None,
+        read_budget: ShardReadBudget | None = None,
     ) -> None:
         self.config = config
         self.function = function
         self._owns_function = owns_function
         self.fan_out = fan_out
+        self.read_budget = read_budget
         # enhanced fan-out: the consumer named by the ARN, or registered at start
         self.consumer_arn: str | None = config.consumer_arn
         self.source = source
@@ -220,6 +223,7 @@ class MappingRunner:
                 poll_settings=self.poll_settings,
                 fan_out=self.fan_out,
                 consumer_arn=self.consumer_arn,
+                read_budget=self.read_budget,
             )
             self._consumers[shard.shard_id] = consumer
             log.info("mapping %s: %s starts at %s", self.uuid, shard.shard_id, position)

@@ -27,6 +27,7 @@ from ..source._kpl import expand_all
 from ..source._subscribe import ShardSubscriber
 from ..state import SHARD_END
 from ._batching import batch_count, event_bytes
+from ._budget import ShardReadBudget
 from ._lanes import Lane, ShardScheduler
 from ._ports import BatchHandler, CheckpointCommitter, MappingIdentity, StatusSink
 from ._readers import poll_shard, subscribe_shard
@@ -57,6 +58,7 @@ class ShardConsumer:
         poll_settings: PollSettings,
         fan_out: FanOutClient | None = None,
         consumer_arn: str | None = None,
+        read_budget: ShardReadBudget | None = None,
     ) -> None:
         self.shard = shard
         self.position = position
@@ -69,6 +71,7 @@ class ShardConsumer:
         self.poll_settings = poll_settings
         self.fan_out = fan_out  # with consumer_arn: read by SubscribeToShard (enhanced fan-out)
         self.consumer_arn = consumer_arn
+        self.read_budget = read_budget  # GetRecords turns shared with the process's other mappings
         self.subscriber: ShardSubscriber | None = None
         cfg = identity.config
         self.config = cfg

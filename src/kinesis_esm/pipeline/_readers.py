@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ..events._record import Record
     from ..source import ChildShard, ShardInfo, StreamSource
     from ..source._subscribe import ShardSubscriber
+    from ._budget import ShardReadBudget
     from ._ports import MappingIdentity
     from ._settings import PollSettings
 
@@ -46,6 +47,7 @@ class ShardConsumer(Protocol):
     position: IteratorPosition
     shard: ShardInfo
     last_read_sequence: str | None
+    read_budget: ShardReadBudget | None
 
     @property
     def room(self) -> int: ...
@@ -93,6 +95,8 @@ async def poll_shard(consumer: ShardConsumer) -> None:
         delay = last_call + settings.min_interval - time.monotonic()
         if delay > 0:
             await anyio.sleep(delay)
+        if consumer.read_budget is not None:  # the shard's reads, shared with other mappings
+            await consumer.read_budget.wait_turn(arn, shard_id, settings.min_interval)
         limit = min(settings.max_records_per_call, consumer.room)
         last_call = time.monotonic()
         counters.get_records_calls += 1

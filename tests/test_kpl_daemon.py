@@ -8,8 +8,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import pytest
 from aws_kinesis_agg.aggregator import RecordAggregator
 
+from tests.support.daemon_process import start_daemon
 from tests.support.kinesis import (
     KinesisClient,
     create_stream,
@@ -26,7 +25,6 @@ from tests.support.kinesis import (
 )
 
 pytestmark = pytest.mark.anyio
-CLI = Path(sys.executable).with_name("kinesis-esm")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Logs every batch's user-record keys with the daemon's pid; holds a batch holding "u10"
@@ -62,19 +60,6 @@ def aggregate(keys: list[str]) -> tuple[str, bytes]:
     assert packed is not None
     outer_key, _, blob = packed.get_contents()
     return outer_key, blob
-
-
-def start(config: Path, env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
-    with out.open("ab") as sink:
-        return subprocess.Popen(
-            [str(CLI), "run", "--config", str(config)],
-            cwd=config.parent,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
 
 def batches(log: Path, pid: int) -> list[list[str]]:
@@ -125,7 +110,7 @@ deaggregate = true
         "AWS_SECRET_ACCESS_KEY": "testing",
     }
     block.touch()
-    first = start(config, env, tmp_path / "daemon.out")
+    first = start_daemon(config, env, tmp_path / "daemon.out")
     try:
 
         def checkpoint() -> str | None:
@@ -148,7 +133,7 @@ deaggregate = true
         if first.poll() is None:
             first.kill()
     block.unlink()
-    second = start(config, env, tmp_path / "daemon.out")
+    second = start_daemon(config, env, tmp_path / "daemon.out")
     try:
         await wait_for(
             lambda: any("u29" in b for b in batches(log, second.pid)), 30, message="the rest"

@@ -11,14 +11,13 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.daemon_process import start_daemon
 from tests.support.kinesis import (
     KinesisClient,
     create_stream,
@@ -30,7 +29,6 @@ from tests.support.kinesis import (
 pytest.importorskip("aws_lambda_powertools")
 pytestmark = pytest.mark.anyio
 
-CLI = Path(sys.executable).with_name("kinesis-esm")
 ORDERS = 160
 
 # The powertools documentation's Kinesis batch handler, with a database call (an I/O wait) and
@@ -86,19 +84,6 @@ HANDLER = """
 async def client(moto: str) -> AsyncIterator[KinesisClient]:
     async with kinesis_client(moto) as c:
         yield c
-
-
-def start_daemon(config: Path, env: dict[str, str], out_path: Path) -> subprocess.Popen[bytes]:
-    with out_path.open("wb") as out:
-        return subprocess.Popen(
-            [str(CLI), "run", "--config", str(config)],
-            cwd=config.parent,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
 
 def processed(output: str) -> list[tuple[str, str, str]]:

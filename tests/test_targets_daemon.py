@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.support.daemon_process import start_daemon
 from tests.support.emulators import free_port
 from tests.support.kinesis import (
     KinesisClient,
@@ -27,7 +26,6 @@ from tests.support.kinesis import (
 )
 
 pytestmark = pytest.mark.anyio
-CLI = Path(sys.executable).with_name("kinesis-esm")
 TOKEN = "s3cr3t-token-value"
 
 
@@ -59,19 +57,6 @@ class Service:
                 break  # Lambda retries from the lowest failed record
             self.done.add(key)
         return web.json_response({"batchItemFailures": failures})
-
-
-def start(config: Path, env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
-    with out.open("wb") as sink:
-        return subprocess.Popen(
-            [str(CLI), "run", "--config", str(config)],
-            cwd=config.parent,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
 
 async def test_an_http_target_from_the_config_file(
@@ -122,7 +107,7 @@ function_response_types = ["ReportBatchItemFailures"]
         "AWS_SECRET_ACCESS_KEY": "testing",
     }
     out = tmp_path / "daemon.out"
-    daemon = start(config, env, out)
+    daemon = start_daemon(config, env, out)
     try:
         await wait_for(lambda: set(keys) <= service.done, 30, message="every record handled")
         daemon.send_signal(signal.SIGTERM)

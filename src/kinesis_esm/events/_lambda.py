@@ -24,6 +24,7 @@ class EventSource:
     shard_id: str
     region: str
     invoke_identity_arn: str
+    user_records: bool = False  # deaggregate = true: records may be KPL user records
 
 
 def build_event(source: EventSource, records: Sequence[Record]) -> dict[str, Any]:
@@ -48,26 +49,34 @@ def build_event(source: EventSource, records: Sequence[Record]) -> dict[str, Any
             # sample of a KMS stream's event has it, every unencrypted sample lacks it), while
             # GetRecords may answer EncryptionType NONE for an unencrypted stream
             kinesis["encryptionType"] = encryption
-        event_id = shard_prefix + r.sequence_number
-        if r.sub_sequence_number is not None:  # a user record of a KPL aggregate
-            # aws-kinesis-agg's field names, so handlers written for its deaggregator still work
-            kinesis["subSequenceNumber"] = r.sub_sequence_number
-            if r.explicit_hash_key is not None:
-                kinesis["explicitHashKey"] = r.explicit_hash_key
-            event_id = f"{event_id}:{r.sub_sequence_number}"
         append(
             {
                 "kinesis": kinesis,
                 "eventSource": "aws:kinesis",
                 "eventVersion": "1.0",
-                "eventID": event_id,
+                "eventID": shard_prefix + r.sequence_number,
                 "eventName": "aws:kinesis:record",
                 "invokeIdentityArn": role,
                 "awsRegion": region,
                 "eventSourceARN": arn,
             }
         )
+    if source.user_records:  # a pass of its own: plain mappings pay nothing for it
+        _mark_user_records(records, out)
     return {"Records": out}
+
+
+def _mark_user_records(records: Sequence[Record], out: list[dict[str, Any]]) -> None:
+    """A user record of a KPL aggregate is named by its sub-sequence number too, with
+    aws-kinesis-agg's field names, so handlers written for its deaggregator still work."""
+    for r, item in zip(records, out, strict=True):
+        sub = r.sub_sequence_number
+        if sub is not None:
+            kinesis = item["kinesis"]
+            kinesis["subSequenceNumber"] = sub
+            if r.explicit_hash_key is not None:
+                kinesis["explicitHashKey"] = r.explicit_hash_key
+            item["eventID"] = f"{item['eventID']}:{sub}"
 
 
 # What a user record of a KPL aggregate adds at most: its sub-sequence number (in the kinesis

@@ -132,18 +132,25 @@ class LambdaContext:
         self.function_version = function_version
         self.invoked_function_arn = invoked_function_arn
         self.tenant_id = tenant_id
-        fields = dict(client_context) if client_context is not None else None
-        w3c = fields.pop("w3c", None) if fields is not None else None
-        self._w3c_fields = (
-            {k: v for k in W3C_FIELDS if isinstance(v := w3c.get(k), str)}
-            if isinstance(w3c, Mapping)
-            else {}
-        )
-        self.client_context = ClientContext(fields) if fields is not None else None
-        identity = cognito_identity or {}
-        self.identity = CognitoIdentity(
-            identity.get("cognitoIdentityId"), identity.get("cognitoIdentityPoolId")
-        )
+        if client_context is None:  # a Kinesis invocation's (once per batch: keep it cheap)
+            self._w3c_fields: dict[str, str] = {}
+            self.client_context: ClientContext | None = None
+        else:
+            fields = dict(client_context)
+            w3c = fields.pop("w3c", None)
+            self._w3c_fields = (
+                {k: v for k in W3C_FIELDS if isinstance(v := w3c.get(k), str)}
+                if isinstance(w3c, Mapping)
+                else {}
+            )
+            self.client_context = ClientContext(fields)
+        if cognito_identity is None:
+            self.identity = CognitoIdentity()
+        else:
+            self.identity = CognitoIdentity(
+                cognito_identity.get("cognitoIdentityId"),
+                cognito_identity.get("cognitoIdentityPoolId"),
+            )
         if deadline_ms is None:
             self._deadline = time.monotonic() + timeout
         else:  # measured on the monotonic clock from here on: immune to wall-clock steps

@@ -45,7 +45,13 @@ class MappingIdentity:
         return self.config.region
 
     def event_source(self, shard_id: str) -> EventSource:
-        return EventSource(self.stream_arn, shard_id, self.region, self.invoke_identity_arn)
+        return EventSource(
+            self.stream_arn,
+            shard_id,
+            self.region,
+            self.invoke_identity_arn,
+            user_records=self.config.deaggregate,
+        )
 
 
 class StatusSink(Protocol):

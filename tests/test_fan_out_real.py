@@ -5,15 +5,18 @@ consumers of one stream both get everything; a restart resumes after the checkpo
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from kinesis_esm import Engine, EventSourceMappingConfig, KinesisConfig, SQLiteCheckpointStore
 from kinesis_esm.source._consumers import FanOutClient
+from tests.support.control import running_daemon
 from tests.support.emulators import KinesisMock
 from tests.support.kinesis import (
     KinesisClient,
@@ -141,3 +144,30 @@ async def test_a_restart_resubscribes_after_the_checkpoint(
         await engine.add_mapping(config, again)
         await wait_for(lambda: ids(second) <= set(again.ids()), 30, message="the new records")
     assert set(again.ids()) == ids(second)  # after the checkpoint: nothing of the first again
+
+
+async def test_metrics_show_the_read_mode_and_the_subscription(
+    kinesis_mock: KinesisMock, client: KinesisClient, stream_name: str, tmp_path: Path
+) -> None:
+    arn = await create_stream(client, stream_name, 1)
+    async with FanOutClient(endpoint_url=kinesis_mock.endpoint_url, region=REGION) as fan:
+        consumer = await fan.register_consumer(arn, "esm")
+    written = await put_records(client, stream_name, keyed(5))
+    config = EventSourceMappingConfig(
+        function_name="f", event_source_arn=consumer, starting_position="TRIM_HORIZON"
+    )
+    async with (
+        running_daemon(tmp_path, kinesis_mock.endpoint_url, mappings=(config,)) as daemon,
+        aiohttp.ClientSession() as http,
+    ):
+        await wait_for(
+            lambda: {w.sequence_number for w in written} <= set(daemon.recorder.sequences()),
+            30,
+            message="the records delivered",
+        )
+        async with http.get(f"{daemon.url}/metrics") as response:
+            text = await response.text()
+    mode = re.search(r'kinesis_esm_shard_read_mode\{[^}]*read_mode="(\w+)"[^}]*\} 1\.0', text)
+    assert mode is not None and mode.group(1) == "subscribe", text[:2000]
+    assert re.search(r"kinesis_esm_subscription_age_seconds\{[^}]*\} \d", text)
+    assert re.search(r"kinesis_esm_resubscriptions_total\{[^}]*\} \d", text)

@@ -93,6 +93,21 @@ class RuntimeCollector(Collector):
         busy = GaugeMetricFamily(
             f"{PREFIX}_lanes_busy", "Lanes with an invocation in flight, per shard", labels=_S
         )
+        read_mode = GaugeMetricFamily(
+            f"{PREFIX}_shard_read_mode",
+            "1 for how the shard is read: polling (GetRecords) or subscribe (enhanced fan-out)",
+            labels=[*_S, "read_mode"],
+        )
+        subscription_age = GaugeMetricFamily(
+            f"{PREFIX}_subscription_age_seconds",
+            "Age of the shard's current SubscribeToShard (enhanced fan-out)",
+            labels=_S,
+        )
+        resubscriptions = CounterMetricFamily(
+            f"{PREFIX}_resubscriptions",
+            "SubscribeToShard calls after the first, per shard (every 5 minutes, and on errors)",
+            labels=_S,
+        )
         shard_polled = CounterMetricFamily(
             f"{PREFIX}_shard_records_polled", "Records read, per shard", labels=_S
         )
@@ -116,6 +131,11 @@ class RuntimeCollector(Collector):
                     ages.append(shard.iterator_age_ms)
                 if shard.millis_behind_latest is not None:
                     behind.add_metric(shard_labels, shard.millis_behind_latest)
+                read_mode.add_metric([*shard_labels, shard.read_mode], 1)
+                if shard.read_mode == "subscribe":
+                    resubscriptions.add_metric(shard_labels, shard.resubscriptions)
+                    if shard.subscription_age_s is not None:
+                        subscription_age.add_metric(shard_labels, shard.subscription_age_s)
                 buffered.add_metric(shard_labels, shard.records_buffered)
                 busy.add_metric(shard_labels, shard.lanes_busy)
                 shard_polled.add_metric(shard_labels, shard.records_polled)
@@ -136,6 +156,7 @@ class RuntimeCollector(Collector):
                 buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
             duration.add_metric(labels, buckets, stats.duration_sum)
         yield from (info, enabled, age, mapping_age, behind, buffered, busy)
+        yield from (read_mode, subscription_age, resubscriptions)
         yield from (shard_polled, shard_invoked, *counters.values(), duration)
 
 

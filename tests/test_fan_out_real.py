@@ -26,6 +26,13 @@ from tests.support.kinesis import (
     put_records,
     wait_for,
 )
+from tests.test_resharding import (
+    check_delivery,
+    merge,
+    open_shards,
+    reshard_under_load,
+    split,
+)
 
 pytestmark = pytest.mark.anyio
 REGION = "us-east-1"
@@ -171,3 +178,29 @@ async def test_metrics_show_the_read_mode_and_the_subscription(
     assert mode is not None and mode.group(1) == "subscribe", text[:2000]
     assert re.search(r"kinesis_esm_subscription_age_seconds\{[^}]*\} \d", text)
     assert re.search(r"kinesis_esm_resubscriptions_total\{[^}]*\} \d", text)
+
+
+@pytest.mark.kinesis_mock
+async def test_split_then_merge_under_load_through_enhanced_fan_out(
+    kinesis_mock: KinesisMock, stream_name: str
+) -> None:
+    """The polling reshard test's scenario, read by SubscribeToShard (register_consumer):
+    parent before child, per-key order, every record, every parent checkpointed SHARD_END."""
+
+    async def split_first(client: KinesisClient) -> None:
+        await split(client, stream_name, (await open_shards(client, stream_name))[0])
+
+    async def merge_across_lineages(client: KinesisClient) -> None:
+        lower, upper = (await open_shards(client, stream_name))[1:3]
+        await merge(client, stream_name, lower["ShardId"], upper["ShardId"])
+
+    producer, deliveries, checkpoints, shard_lineage = await reshard_under_load(
+        kinesis_mock.endpoint_url,
+        stream_name,
+        2,
+        [split_first, merge_across_lineages],
+        per_step=60,
+        register_consumer="esm",
+    )
+    assert len(shard_lineage) == 5
+    check_delivery(producer, deliveries, checkpoints, shard_lineage)

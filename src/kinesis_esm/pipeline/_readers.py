@@ -157,3 +157,28 @@ async def subscribe_shard(consumer: ShardConsumer, subscriber: ShardSubscriber) 
             if event.shard_ended:
                 consumer.end(event.child_shards)
                 return
+            if not event.records and not event.millis_behind_latest and consumer.shard.is_closed:
+                ended = await _confirm_end(consumer)
+                if ended is not None:
+                    consumer.end(ended.child_shards)
+                    return
+
+
+async def _confirm_end(consumer: ShardConsumer) -> GetRecordsResult | None:
+    """A subscription caught up on a shard that ListShards shows closed, where the server never
+    ends the subscription with ChildShards (kinesis-mock): one GetRecords after the last record
+    read says whether the shard is at its end (the result), or not (None)."""
+    arn, shard_id = consumer.identity.stream_arn, consumer.shard.shard_id
+    try:
+        iterator = await consumer.source.get_shard_iterator(
+            arn, shard_id, consumer.resume_position()
+        )
+        result = await consumer.source.get_records(arn, iterator, 1)
+    except SourceError as exc:
+        log.info("%s: could not confirm the closed shard's end (%s)", shard_id, exc)
+        return None
+    if result.records:
+        return None  # more to come through the subscription
+    if result.next_iterator is None or _read_to_listed_end(consumer, result):
+        return result
+    return None

@@ -5,7 +5,9 @@ consumers of one stream both get everything; a restart resumes after the checkpo
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +19,8 @@ import pytest
 from kinesis_esm import Engine, EventSourceMappingConfig, KinesisConfig, SQLiteCheckpointStore
 from kinesis_esm.source._consumers import FanOutClient
 from tests.support.control import running_daemon
-from tests.support.emulators import KinesisMock
+from tests.support.daemon_process import start_daemon
+from tests.support.emulators import REPO_ROOT, KinesisMock
 from tests.support.kinesis import (
     KinesisClient,
     StreamRecord,
@@ -26,6 +29,7 @@ from tests.support.kinesis import (
     put_records,
     wait_for,
 )
+from tests.support.records_log import BLOCK_ENV, LOG_ENV, read_log
 from tests.test_resharding import (
     check_delivery,
     merge,
@@ -204,3 +208,83 @@ async def test_split_then_merge_under_load_through_enhanced_fan_out(
     )
     assert len(shard_lineage) == 5
     check_delivery(producer, deliveries, checkpoints, shard_lineage)
+
+
+async def test_kill_9_of_a_fan_out_daemon_then_restart_resubscribes_after_the_checkpoint(
+    kinesis_mock: KinesisMock, client: KinesisClient, stream_name: str, tmp_path: Path
+) -> None:
+    """`kinesis-esm run` on a consumer ARN, killed with a batch in flight: the restart
+    subscribes AFTER_SEQUENCE_NUMBER the checkpoint, so only the in-flight records and those
+    after them come again."""
+    arn = await create_stream(client, stream_name, 1)
+    async with FanOutClient(endpoint_url=kinesis_mock.endpoint_url, region=REGION) as fan:
+        consumer = await fan.register_consumer(arn, "esm")
+    (tmp_path / "efo_handler.py").write_text("from tests.support.records_log import handler\n")
+    config = tmp_path / "kinesis-esm.toml"
+    config.write_text(
+        f"""\
+[kinesis]
+endpoint_url = "{kinesis_mock.endpoint_url}"
+region = "{REGION}"
+
+[state]
+path = "{tmp_path / "state.db"}"
+
+[control]
+port = 0
+
+[functions.efo]
+handler = "efo_handler:handler"
+timeout = 30
+
+[[event_source_mappings]]
+function_name = "efo"
+event_source_arn = "{consumer}"
+starting_position = "TRIM_HORIZON"
+batch_size = 5
+"""
+    )
+    log, block = tmp_path / "records.log", tmp_path / "block"
+    env = {
+        **os.environ,
+        LOG_ENV: str(log),
+        BLOCK_ENV: str(block),
+        "PYTHONPATH": str(REPO_ROOT),
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+
+    def done(pid: int | None = None) -> set[str]:
+        return {
+            i for e in read_log(log) if e.phase == "done" and pid in (None, e.pid) for i in e.ids
+        }
+
+    def started(pid: int) -> set[str]:
+        return {i for e in read_log(log) if e.phase == "start" and e.pid == pid for i in e.ids}
+
+    phase1 = await put_records(client, stream_name, keyed(10, "a"))
+    first = start_daemon(config, env, tmp_path / "daemon.out")
+    try:
+        await wait_for(lambda: ids(phase1) <= done(first.pid), 30, message="phase 1 delivered")
+        block.touch()
+        phase2 = await put_records(client, stream_name, keyed(10, "b"))
+        await wait_for(lambda: started(first.pid) - done(), 30, message="a batch in flight")
+        in_flight = started(first.pid) - done()
+        first.kill()
+        assert first.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if first.poll() is None:
+            first.kill()
+    block.unlink()
+    second = start_daemon(config, env, tmp_path / "daemon.out")
+    try:
+        await wait_for(lambda: ids(phase2) <= done(second.pid), 30, message="the rest")
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+    again = started(second.pid)
+    assert in_flight <= again  # the in-flight batch came again
+    assert not (again & ids(phase1))  # nothing before the checkpoint
+    assert again <= ids(phase2)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .leases._contract import LeaseStatistics
 
 __all__ = [
     "EngineStatistics",
@@ -51,6 +55,8 @@ class ShardStatistics:
     read_mode: str = "polling"  # "polling" (GetRecords) or "subscribe" (enhanced fan-out)
     subscription_age_s: float | None = None  # of the current SubscribeToShard
     resubscriptions: int = 0
+    owner: str | None = None  # in a fleet: the worker holding the shard's lease (None: free)
+    lease_counter: int | None = None  # in a fleet: the lease's counter as last read or written
 
 
 def waiting_statistics(shard_id: str, checkpoint: str | None) -> ShardStatistics:
@@ -69,6 +75,7 @@ class MappingStatistics:
     last_processing_result: str
     counters: MappingCounters
     shards: tuple[ShardStatistics, ...]
+    leases: LeaseStatistics | None = None  # in a fleet: this worker's leases of the mapping
 
     @property
     def iterator_age_ms(self) -> int | None:

@@ -15,13 +15,16 @@ import anyio.abc
 from .._errors import StreamNotFoundError
 from .._redact import install_redaction
 from .._statistics import EngineStatistics
-from ..config import DaemonConfig, EventSourceMappingConfig, KinesisConfig
+from ..config import ConfigError, DaemonConfig, EventSourceMappingConfig, KinesisConfig
 from ..control import ControlServer
 from ..control._emf import run_emf
 from ..engine import Engine
+from ..engine._fleet import Fleet
+from ..leases import LeaseStoreError, LeaseStoreUnavailableError
 from ..runtime._runtime import Runtime
 from ..source import KinesisSource
 from ..state import SQLiteCheckpointStore
+from ..state._lock import StateFileLock
 from ..state._mappings import MappingStore
 
 __all__ = ["KinesisStreamCheck", "format_progress", "run_daemon"]
@@ -103,10 +106,16 @@ async def run_daemon(
     ``emf_interval`` > 0 writes CloudWatch metrics (Embedded Metric Format) to stdout.
     """
     install_redaction()  # an endpoint's error text may quote the request's credentials
+    # One local worker per state file; a fleet's workers keep their checkpoints in DynamoDB.
+    lock = StateFileLock(config.state.path)
+    if not config.coordination.fleet:
+        lock.acquire()  # StateFileInUseError (an OSError): one line, exit 2
     store = SQLiteCheckpointStore(config.state.path)
     stream_check = KinesisStreamCheck(config.kinesis)
     report = on_progress or log.info
-    engine = Engine(kinesis=config.kinesis, checkpoint_store=store)
+    engine = Engine(
+        kinesis=config.kinesis, checkpoint_store=store, coordination=config.coordination
+    )
     runtime = Runtime(
         engine,
         config,
@@ -115,6 +124,8 @@ async def run_daemon(
         stream_check=stream_check,
     )
     try:
+        if engine.fleet is not None and not await _join_fleet(engine.fleet):
+            return 1
         # The port first: a busy one fails before any mapping starts. API calls before the
         # runtime is up, or while it stops, get a ServiceException.
         async with ControlServer(runtime, config.control) as server, engine, runtime:
@@ -144,8 +155,25 @@ async def run_daemon(
     finally:
         with anyio.CancelScope(shield=True):
             await stream_check.aclose()
+            if engine.fleet is not None:
+                await engine.fleet.aclose()
         await store.aclose()
+        lock.release()
     return 0
+
+
+async def _join_fleet(fleet: Fleet) -> bool:
+    """Check the lease table before anything starts. A missing permission (or a table of
+    another schema) is a ConfigError: one line, exit 2, nothing to retry. An unreachable
+    table, after the fleet's own retries, is False: exit 1 (a supervisor may try again)."""
+    try:
+        await fleet.start()
+    except LeaseStoreUnavailableError as error:
+        log.error("coordination: %s", error)
+        return False
+    except LeaseStoreError as error:
+        raise ConfigError(str(error), parameter="coordination") from None
+    return True
 
 
 async def _serve(

@@ -18,6 +18,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ..runtime._model import DURATION_BUCKETS, MappingStatus
+from ._fleet_metrics import lease_metrics
 
 __all__ = ["COUNTERS", "RuntimeCollector", "registry_for"]
 
@@ -158,6 +159,7 @@ class RuntimeCollector(Collector):
         yield from (info, enabled, age, mapping_age, behind, buffered, busy)
         yield from (read_mode, subscription_age, resubscriptions)
         yield from (shard_polled, shard_invoked, *counters.values(), duration)
+        yield from lease_metrics(statuses)  # a fleet's leases, labelled by worker
 
 
 def registry_for(statuses: Callable[[], list[MappingStatus]]) -> CollectorRegistry:

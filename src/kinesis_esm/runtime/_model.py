@@ -12,6 +12,7 @@ from typing import Any
 from .._statistics import MappingStatistics, ShardStatistics
 from ..config import EventSourceMappingConfig, FunctionConfig
 from ..functions import Function, InvokeResult
+from ..leases import LeaseStatistics
 from ..state._mappings import Origin, StoredMapping, config_to_dict
 
 __all__ = [
@@ -140,6 +141,7 @@ class MappingStatus:
     counters: Mapping[str, int]
     shards: tuple[ShardStatistics, ...]
     invocations: InvocationStats
+    leases: LeaseStatistics | None = None  # in a fleet: this worker's leases of the mapping
 
 
 @dataclass(eq=False, slots=True)
@@ -220,4 +222,5 @@ class MappingRecord:
                 base = self.shard_base
                 totals = {n: getattr(s, n) + base.get((s.shard_id, n), 0) for n in _SHARD_COUNTERS}
                 shards.append(replace(s, **totals))
-        return MappingStatus(view, counters, tuple(shards), self.invocations)
+        leases = None if stats is None else stats.leases
+        return MappingStatus(view, counters, tuple(shards), self.invocations, leases)

@@ -4,7 +4,8 @@ One table, created on first start if missing (on-demand billing). Hash key `mapp
 key `leaseKey`: a shard id for a lease row, ``worker#<id>`` for a worker row, so one Query
 reads a mapping's whole fleet. Lease rows carry KCL's attributes (leaseOwner, leaseCounter,
 checkpoint, checkpointSubSequenceNumber, parentShardIds, ownerSwitchesSinceCheckpoint) plus
-handoffTarget, recordsPerSecond and bytesPerSecond; worker rows carry heartbeatCounter.
+handoffTarget, recordsPerSecond and bytesPerSecond; worker rows carry heartbeatCounter. One
+more partition, ``#mappings``, has a row per mapping (``leaseKey`` = its UUID) with startedAt.
 
 Every lease write is conditional, and a failed condition comes back as `Conflict` with the row
 as it is now. Every call has a timeout. Checkpoints are not written here on their own schedule:
@@ -34,6 +35,7 @@ from ..leases._store import (
 __all__ = ["DynamoDBLeaseStore"]
 
 _WORKER_PREFIX = "worker#"
+_MAPPINGS = "#mappings"  # the hash key of the mapping rows: a mapping's fleet-wide start time
 _THROTTLE_CODES = frozenset(
     {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
 )
@@ -400,6 +402,31 @@ class DynamoDBLeaseStore:
             else:
                 raise LeaseStoreThrottledError(f"deleting the leases of {mapping_uuid} stalled")
         return len(keys)
+
+    # The mapping rows (not part of the LeaseStore protocol: the fleet's runtime uses them).
+
+    async def claim_started_at(self, mapping_uuid: str, now: float) -> tuple[float, bool]:
+        """When the mapping first started anywhere in the fleet, stored by the first caller:
+        (that time, True when this call stored it). For LATEST: a worker that takes a lease
+        without a checkpoint reads from this time on, not from when it happened to start."""
+        update = _Update().set("entityType", ":kind", kind="mapping")
+        update.set("startedAt", "if_not_exists(startedAt, :now)", now=now)
+        answer = await self._call(
+            "update_item",
+            TableName=self.table,
+            Key=self._key(_MAPPINGS, mapping_uuid),
+            ReturnValues="ALL_OLD",
+            **update.params(),
+        )
+        old = answer.get("Attributes", {})
+        if "startedAt" in old:
+            return float(old["startedAt"]["N"]), False
+        return float(_value(now)["N"]), True
+
+    async def forget_mapping(self, mapping_uuid: str) -> None:
+        """Delete the mapping's row (its lease and worker rows go with `delete_mapping`)."""
+        key = self._key(_MAPPINGS, mapping_uuid)
+        await self._call("delete_item", TableName=self.table, Key=key)
 
     # Internals.
 

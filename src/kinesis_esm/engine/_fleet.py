@@ -1,0 +1,209 @@
+"""This process as one worker of a fleet: the lease store and worker id its mappings share.
+
+With ``[coordination] backend = "dynamodb"`` the engine holds one `Fleet`: one
+`DynamoDBLeaseStore` (the table is checked, or created, at start), and, per mapping, a
+`LeaseCoordinator` built here for the mapping's runner (`FleetMappingRunner`, in
+``_fleet_mapping``). Checkpoints go through `LeaseCommitter`, fenced by the lease.
+
+A checkpoint's text (the pipeline's) and a lease's `Checkpoint` map one to one:
+``"<sequence>"`` (the whole record done) is ``Checkpoint(sequence, 0)``; ``"<sequence>:<k>"``
+(user records 0..k of a KPL aggregate done) is ``Checkpoint(sequence, k + 1)``, so that
+"user record 0 done" and "the whole record done" stay apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+
+from ..config import CoordinationConfig, EventSourceMappingConfig, NotSupportedYetError
+from ..leases import (
+    Checkpoint,
+    CheckpointOutcome,
+    CoordinatorSettings,
+    LeaseConsumer,
+    LeaseCoordinator,
+    LeaseStore,
+    LeaseStoreError,
+    LeaseStoreUnavailableError,
+)
+from ..state import SHARD_END
+from ..state._dynamodb import DynamoDBLeaseStore
+
+__all__ = [
+    "Fleet",
+    "FleetStore",
+    "LeaseCommitter",
+    "default_worker_id",
+    "lease_checkpoint",
+    "text_checkpoint",
+]
+
+log = logging.getLogger("kinesis_esm.fleet")
+
+START_TIMEOUT = 60.0  # how long a start waits for an unreachable lease table before giving up
+
+
+def default_worker_id() -> str:
+    """Host name and pid: unique on a host, and across hosts with distinct host names."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def lease_checkpoint(text: str) -> Checkpoint:
+    """The pipeline's checkpoint text as a lease checkpoint (see the module docstring)."""
+    sequence, colon, within = text.partition(":")
+    if colon and text != SHARD_END:
+        return Checkpoint(sequence, int(within) + 1)
+    return Checkpoint(text)
+
+
+def text_checkpoint(checkpoint: Checkpoint | None) -> str | None:
+    """A lease checkpoint as the pipeline's text; None for none."""
+    if checkpoint is None:
+        return None
+    if checkpoint.sub_sequence == 0 or checkpoint.shard_end:
+        return checkpoint.sequence
+    return f"{checkpoint.sequence}:{checkpoint.sub_sequence - 1}"
+
+
+class FleetStore(LeaseStore, Protocol):
+    """A lease store that also keeps one row per mapping (`DynamoDBLeaseStore` does)."""
+
+    async def start(self) -> None: ...
+
+    async def claim_started_at(self, mapping_uuid: str, now: float) -> tuple[float, bool]: ...
+
+    async def forget_mapping(self, mapping_uuid: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseCommitter:
+    """A `CheckpointCommitter` fenced by the shard's lease: False once the lease is lost.
+
+    Checkpoints are recorded at once and written with the next renewal (SHARD_END at once), so
+    the table's request rate does not grow with the record rate."""
+
+    coordinator: LeaseCoordinator
+
+    async def commit(
+        self, shard_id: str, sequence: str, *, window_state: bytes | None = None
+    ) -> bool:
+        if window_state is not None:  # refused at add_mapping; a guard against silent loss
+            raise NotSupportedYetError(
+                "tumbling windows are not supported in a fleet yet",
+                parameter="tumbling_window_in_seconds",
+            )
+        checkpoint = lease_checkpoint(sequence)
+        outcome = await self.coordinator.checkpoint(
+            shard_id, checkpoint.sequence, checkpoint.sub_sequence
+        )
+        return outcome is not CheckpointOutcome.LOST
+
+
+class Fleet:
+    """One worker's membership: its id, the lease store, and the coordinators' settings."""
+
+    def __init__(
+        self, coordination: CoordinationConfig, *, store: FleetStore | None = None
+    ) -> None:
+        if not coordination.fleet:
+            raise ValueError(f"backend {coordination.backend!r} is not a fleet backend")
+        self.config = coordination
+        self.worker_id = coordination.worker_id or default_worker_id()
+        failover = float(coordination.failover_time)
+        self.settings = CoordinatorSettings(failover_time=failover)
+        # A renewal round waits for its slowest call: keep one within a renewal interval.
+        call_timeout = min(5.0, max(0.5, failover / 3))
+        self.store: FleetStore = store or DynamoDBLeaseStore(
+            coordination.table,
+            endpoint_url=coordination.endpoint_url,
+            region=coordination.region,
+            call_timeout=call_timeout,
+        )
+        self.call_timeout = call_timeout
+        self._started = False
+
+    async def start(self, *, timeout: float = START_TIMEOUT) -> None:  # noqa: ASYNC109
+        """Open the store and check (or create) the table. An unreachable store is retried
+        for `timeout` seconds; any other error (a missing permission) is raised at once."""
+        if self._started:
+            return
+        delay = 0.5
+        with anyio.move_on_after(timeout):
+            while True:
+                try:
+                    await self.store.start()
+                except LeaseStoreUnavailableError as error:
+                    log.warning("lease table %s: %s; retrying in %.1f s", self.table, error, delay)
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                log.info(
+                    "worker %s: leases in DynamoDB table %s (failover_time %s s)",
+                    self.worker_id,
+                    self.table,
+                    self.config.failover_time,
+                )
+                self._started = True
+                return
+        raise LeaseStoreUnavailableError(
+            f"the lease table {self.table!r} did not answer within {timeout:.0f} s"
+        )
+
+    @property
+    def table(self) -> str:
+        return self.config.table
+
+    async def aclose(self) -> None:
+        self._started = False
+        await self.store.aclose()
+
+    def check(self, config: EventSourceMappingConfig) -> None:
+        """What a fleet cannot run yet: refused before the mapping starts."""
+        if config.tumbling_window_in_seconds:
+            raise NotSupportedYetError(
+                "tumbling windows keep their state with the checkpoint, which a fleet's lease "
+                "table cannot hold yet",
+                parameter="tumbling_window_in_seconds",
+                hint='use [coordination] backend = "local" for a mapping with tumbling windows',
+            )
+
+    def coordinator(
+        self, mapping_uuid: str, consumer: LeaseConsumer, *, function_timeout: float
+    ) -> LeaseCoordinator:
+        # A hand-off waits for the in-flight batches: at most one function timeout.
+        settings = CoordinatorSettings(
+            failover_time=self.settings.failover_time,
+            handoff_timeout=max(10.0, function_timeout + 5.0),
+        )
+        return LeaseCoordinator(self.store, mapping_uuid, self.worker_id, consumer, settings)
+
+    async def started_at(self, mapping_uuid: str, now: float) -> tuple[float, bool]:
+        return await self.store.claim_started_at(mapping_uuid, now)
+
+    async def forget(self, mapping_uuid: str) -> bool:
+        """A mapping deleted here: delete its rows unless other workers still run it (they
+        would restart its shards from the starting position). True when the rows went."""
+        try:
+            snapshot = await self.store.read_fleet(mapping_uuid)
+            others = [w.worker_id for w in snapshot.workers if w.worker_id != self.worker_id]
+            if others:
+                log.warning(
+                    "mapping %s deleted on worker %s, but %d other worker(s) still run it: its "
+                    "leases and checkpoints are kept (delete it on every worker)",
+                    mapping_uuid,
+                    self.worker_id,
+                    len(others),
+                )
+                return False
+            await self.store.delete_mapping(mapping_uuid)
+            await self.store.forget_mapping(mapping_uuid)
+        except LeaseStoreError as error:
+            log.error("mapping %s: deleting its leases failed: %s", mapping_uuid, error)
+            return False
+        return True

@@ -1,0 +1,46 @@
+"""The load a worker publishes for a shard: steady figures, or the balancer churns.
+
+The balancer moves leases when workers' loads differ by more than its tolerance (10 % of the
+mean). A rate measured over one renewal interval is noise at ordinary rates (4 records/s over
+0.7 s is 2 or 3 records), and noise above the tolerance moves leases back and forth. So a rate
+is measured over a window long enough to hold `min_records` records (at most `window`
+seconds), and published only when it differs from the published one by more than `change`.
+Pure: the caller passes the count and its clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["LoadMeter"]
+
+
+class LoadMeter:
+    def __init__(
+        self, *, window: float = 60.0, min_records: int = 1000, change: float = 0.25
+    ) -> None:
+        if not window > 0 or min_records < 1 or not 0 < change < 1:
+            raise ValueError("window > 0, min_records >= 1 and 0 < change < 1 are required")
+        self.window = window
+        self.min_records = min_records
+        self.change = change
+        self.published: float | None = None
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def sample(self, count: int, now: float) -> float | None:
+        """Record the shard's record count at `now`; the rate to publish, or None for none."""
+        samples = self._samples
+        samples.append((now, count))
+        # keep one sample at or before the window's start, so the window can be complete
+        while len(samples) > 2 and now - samples[1][0] >= self.window:
+            samples.popleft()
+        start, first = samples[0]
+        elapsed, records = now - start, count - first
+        if elapsed <= 0 or (records < self.min_records and elapsed < self.window):
+            return None
+        rate = max(0.0, records / elapsed)
+        published = self.published
+        if published is not None and abs(rate - published) <= self.change * max(rate, published):
+            return None
+        self.published = rate
+        return rate

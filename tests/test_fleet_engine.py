@@ -1,0 +1,205 @@
+"""Engines as workers of one fleet, in one process: Kinesis from moto, leases in dynalite.
+
+The fast functional layer under tests/test_fleet_real.py (which runs `kinesis-esm run`
+processes): shards split between workers, exactly one worker per shard, graceful hand-off on a
+stop without a record delivered twice, SHARD_END across workers, the fleet-wide start time, the
+figures, and what a fleet refuses.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from kinesis_esm import Engine, EventSourceMappingConfig, KinesisConfig, PollSettings
+from kinesis_esm.config import ConfigError, CoordinationConfig
+from kinesis_esm.engine._fleet import lease_checkpoint, text_checkpoint
+from kinesis_esm.leases import SHARD_END, Checkpoint
+from kinesis_esm.state import MemoryCheckpointStore
+from kinesis_esm.state._dynamodb import DynamoDBLeaseStore
+from tests.support.dynalite import Dynalite, dynalite_server  # noqa: F401 - a fixture
+from tests.support.kinesis import (
+    KinesisClient,
+    create_stream,
+    kinesis_client,
+    put_records,
+    wait_for,
+)
+
+pytestmark = pytest.mark.anyio
+FAST_POLL = PollSettings(base_interval=0.2, min_interval=0.2)
+FAILOVER = 2.0
+
+
+class Deliveries:
+    """Every record each worker was invoked with, in order: (worker, shard, sequence, key)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str, str]] = []
+
+    def handler(self, worker: str) -> Any:
+        async def handle(event: dict[str, Any], context: Any) -> None:
+            for r in event["Records"]:
+                shard = r["eventID"].split(":")[0]
+                self.seen.append(
+                    (worker, shard, r["kinesis"]["sequenceNumber"], r["kinesis"]["partitionKey"])
+                )
+                await anyio.lowlevel.checkpoint()
+
+        return handle
+
+    def ids(self) -> set[tuple[str, str]]:
+        return {(shard, seq) for _, shard, seq, _ in self.seen}
+
+    def duplicates(self) -> list[tuple[str, str]]:
+        counts = Counter((shard, seq) for _, shard, seq, _ in self.seen)
+        return [record for record, n in counts.items() if n > 1]
+
+    def workers_of(self, records: set[tuple[str, str]]) -> set[str]:
+        return {w for w, shard, seq, _ in self.seen if (shard, seq) in records}
+
+
+def ids(records: list[Any]) -> set[tuple[str, str]]:
+    return {(r.shard_id, r.sequence_number) for r in records}
+
+
+@pytest.fixture
+async def client(moto: str) -> AsyncIterator[KinesisClient]:
+    async with kinesis_client(moto) as c:
+        yield c
+
+
+@pytest.fixture
+def dynamodb(dynalite_server: Dynalite) -> str:  # noqa: F811
+    """dynalite's endpoint: it locks an item between a condition and its write, as DynamoDB."""
+    if not dynalite_server.running:
+        dynalite_server.start()
+    return dynalite_server.endpoint_url
+
+
+@pytest.fixture
+def table() -> str:
+    return f"fleet-{uuid.uuid4().hex[:12]}"
+
+
+def coordination(dynamodb: str, table: str, worker: str) -> CoordinationConfig:
+    return CoordinationConfig(
+        backend="dynamodb",
+        table=table,
+        worker_id=worker,
+        failover_time=FAILOVER,
+        endpoint_url=dynamodb,
+        region="us-east-1",
+    )
+
+
+def worker(moto: str, dynamodb: str, table: str, name: str) -> Engine:
+    return Engine(
+        kinesis=KinesisConfig(endpoint_url=moto, region="us-east-1"),
+        checkpoint_store=MemoryCheckpointStore(),
+        poll_settings=FAST_POLL,
+        shard_sync_interval=2.0,
+        coordination=coordination(dynamodb, table, name),
+    )
+
+
+def mapping(arn: str, **settings: Any) -> EventSourceMappingConfig:
+    settings.setdefault("starting_position", "TRIM_HORIZON")
+    settings.setdefault("batch_size", 10)
+    return EventSourceMappingConfig(function_name="fleet", event_source_arn=arn, **settings)
+
+
+async def owners(dynamodb: str, table: str, mapping_uuid: str) -> dict[str, str | None]:
+    async with DynamoDBLeaseStore(table, endpoint_url=dynamodb, region="us-east-1") as store:
+        snapshot = await store.read_fleet(mapping_uuid)
+    return {lease.shard_id: lease.owner for lease in snapshot.leases if not lease.finished}
+
+
+def test_checkpoint_text_and_lease_checkpoints_map_one_to_one() -> None:
+    for text in ("4959", "4959:0", "4959:7", SHARD_END):
+        assert text_checkpoint(lease_checkpoint(text)) == text
+    assert lease_checkpoint("4959") == Checkpoint("4959", 0)
+    assert lease_checkpoint("4959:0") == Checkpoint("4959", 1)  # user record 0 done, not all
+    assert text_checkpoint(None) is None
+
+
+async def test_two_workers_split_the_shards_and_a_stop_hands_off_without_duplicates(
+    moto: str, client: KinesisClient, stream_name: str, dynamodb: str, table: str
+) -> None:
+    arn = await create_stream(client, stream_name, 4)
+    seen = Deliveries()
+    config = mapping(arn)
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(worker(moto, dynamodb, table, "a"))
+        uuid_a = await a.add_mapping(config, seen.handler("a"))
+        async with worker(moto, dynamodb, table, "b") as b:
+            await b.add_mapping(config, seen.handler("b"))
+
+            async def balanced() -> bool:
+                held = Counter((await owners(dynamodb, table, uuid_a)).values())
+                return held == Counter({"a": 2, "b": 2})
+
+            await wait_for(balanced, 30, interval=0.3, message="two shards each")
+            first = await put_records(client, stream_name, [(f"k{i}", b"1") for i in range(40)])
+            await wait_for(
+                lambda: ids(first) <= seen.ids(),
+                20,
+                message="the first records",
+            )
+            stats = b.mapping_statistics(uuid_a)
+            assert stats.leases is not None and stats.leases.held == 2
+            mine = [s for s in stats.shards if s.owner == "b"]
+            assert len(mine) == 2 and all(s.lease_counter for s in mine)
+            assert {s.owner for s in stats.shards} == {"a", "b"}  # the others, as last read
+        # b stopped: its leases were handed off with their final checkpoints
+        assert Counter((await owners(dynamodb, table, uuid_a)).values()) in (
+            Counter({"a": 4}),
+            Counter({"a": 2, None: 2}),  # released, not yet taken
+        )
+        second = await put_records(client, stream_name, [(f"k{i}", b"2") for i in range(40)])
+        await wait_for(
+            lambda: ids(second) <= seen.ids(),
+            20,
+            message="the second records, all by a",
+        )
+    assert seen.duplicates() == []
+    for shard in {r.shard_id for r in first}:  # one worker per shard
+        assert len(seen.workers_of({i for i in ids(first) if i[0] == shard})) == 1
+    assert seen.workers_of(ids(second)) == {"a"}
+    per_key: dict[str, list[int]] = defaultdict(list)
+    for _, _, seq, key in seen.seen:
+        per_key[key].append(int(seq))
+    assert all(seqs == sorted(seqs) for seqs in per_key.values())
+
+
+async def test_a_fleet_refuses_tumbling_windows_before_starting(
+    moto: str, dynamodb: str, table: str
+) -> None:
+    arn = "arn:aws:kinesis:us-east-1:123456789012:stream/windows"
+    async with worker(moto, dynamodb, table, "a") as engine:
+        with pytest.raises(ConfigError) as caught:
+            await engine.add_mapping(
+                mapping(arn, tumbling_window_in_seconds=30), lambda event, context: None
+            )
+    assert caught.value.parameter == "tumbling_window_in_seconds"
+    assert "fleet" in str(caught.value)
+
+
+async def test_the_start_time_is_the_fleets_first(dynamodb: str, table: str) -> None:
+    async with DynamoDBLeaseStore(table, endpoint_url=dynamodb, region="us-east-1") as store:
+        first = await store.claim_started_at("m", 1000.25)
+        again = await store.claim_started_at("m", 2000.0)
+        other = await store.claim_started_at("n", 3000.0)
+        await store.forget_mapping("m")
+        after = await store.claim_started_at("m", 4000.0)
+    assert first == (1000.25, True)
+    assert again == (1000.25, False)
+    assert other == (3000.0, True)
+    assert after == (4000.0, True)

@@ -30,6 +30,7 @@ from tests.support.kinesis import (
     wait_for,
 )
 from tests.support.records_log import BLOCK_ENV, LOG_ENV, read_log
+from tests.test_control_cli import aws_ok
 from tests.test_resharding import (
     check_delivery,
     merge,
@@ -288,3 +289,23 @@ batch_size = 5
     assert in_flight <= again  # the in-flight batch came again
     assert not (again & ids(phase1))  # nothing before the checkpoint
     assert again <= ids(phase2)
+
+
+async def test_the_aws_cli_creates_a_mapping_on_a_consumer_arn(
+    kinesis_mock: KinesisMock, client: KinesisClient, stream_name: str, tmp_path: Path
+) -> None:
+    arn = await create_stream(client, stream_name, 1)
+    async with FanOutClient(endpoint_url=kinesis_mock.endpoint_url, region=REGION) as fan:
+        consumer = await fan.register_consumer(arn, "cli")
+    written = await put_records(client, stream_name, keyed(12))
+    async with running_daemon(tmp_path, kinesis_mock.endpoint_url) as daemon:
+        created = await aws_ok(
+            tmp_path, daemon.url, "create-event-source-mapping", "--function-name", "f",
+            "--event-source-arn", consumer, "--starting-position", "TRIM_HORIZON",
+        )  # fmt: skip
+        assert created["EventSourceArn"] == consumer
+        await wait_for(
+            lambda: {w.sequence_number for w in written} <= set(daemon.recorder.sequences()),
+            30,
+            message="the records, read through the consumer",
+        )

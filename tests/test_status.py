@@ -238,3 +238,14 @@ async def test_status_command(tmp_path: Path, moto: str) -> None:
         )
         [reading] = [json.loads(line) for line in as_json.stdout.decode().splitlines()]
         assert [m["UUID"] for m in reading["mappings"]] == [stable_uuid("f", arn)]
+
+
+def test_a_shard_read_by_enhanced_fan_out_shows_its_subscription() -> None:
+    reading = snapshot(100.0, 100, 40)
+    shard = reading["mappings"][0]["shards"][0]
+    shard.update(read_mode="subscribe", subscription_age_s=42.5, resubscriptions=3)
+    shown = plain(reading)
+    row = next(line for line in shown.splitlines() if "shardId-000000000000" in line)
+    assert "EFO 42 s r3" in row, row  # the subscription's age and its resubscriptions
+    polled = plain(snapshot(100.0, 100, 40))
+    assert " poll " in next(line for line in polled.splitlines() if "shardId-" in line)

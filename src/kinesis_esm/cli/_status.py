@@ -96,8 +96,17 @@ def _short(sequence: str | None) -> str:
 
 
 MAPPING_COLUMNS = "UUID Function Stream State Batch PF rec/s Invocations Errors Age Last-result"
-SHARD_COLUMNS = "Mapping Shard State rec/s Buffered Busy Age Behind Checkpoint"
+SHARD_COLUMNS = "Mapping Shard State Read rec/s Buffered Busy Age Behind Checkpoint"
 MAPPINGS_TITLE, SHARDS_TITLE = "Event source mappings", "Shards"
+
+
+def _read(shard: dict[str, Any]) -> str:
+    """How the shard is read: GetRecords, or a subscription (its age, resubscriptions)."""
+    if shard.get("read_mode") != "subscribe":
+        return "poll"
+    age = shard.get("subscription_age_s")
+    shown = "-" if age is None else _age(int(age * 1000))
+    return f"EFO {shown} r{shard.get('resubscriptions', 0)}"
 
 
 def _headers(columns: str) -> list[str]:
@@ -141,6 +150,7 @@ def rows(
                     m["UUID"][:8],
                     s["shard_id"],
                     s["state"],
+                    _read(s),
                     _rate(s["records_invoked"], was["records_invoked"] if was else None, elapsed),
                     str(s["records_buffered"]),
                     f"{s['lanes_busy']}/{s['lanes']}",

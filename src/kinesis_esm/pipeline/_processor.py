@@ -217,7 +217,10 @@ class _BatchRun:
             function_error = "Handled" if result.error_type == "Handled" else "Unhandled"
             outcome = self.plan.failed(function_error=function_error)
             detail = f"{result.error_type}: {result.error_message}"
-            self._problem(FUNCTION_CALL_FAILED, records, detail, outcome, _traceback(result))
+            problem = FUNCTION_CALL_FAILED
+            if result.error_type not in ("Handled", "Unhandled"):  # Runtime.ImportModuleError,
+                problem = f"{problem} ({result.error_type})"  # Sandbox.Timedout, ...: say which
+            self._problem(problem, records, detail, outcome, _traceback(result))
             return outcome
         if self.processor.report_item_failures:
             verdict = parse_batch_response(result.payload, records)

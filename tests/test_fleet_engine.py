@@ -8,6 +8,8 @@ figures, and what a fleet refuses.
 
 from __future__ import annotations
 
+import base64
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
@@ -25,6 +27,8 @@ from kinesis_esm.leases import SHARD_END, Checkpoint
 from kinesis_esm.state import MemoryCheckpointStore
 from kinesis_esm.state._dynamodb import DynamoDBLeaseStore
 from tests.support.dynalite import Dynalite, dynalite_server  # noqa: F401 - a fixture
+from tests.support.emulators import KinesisMock
+from tests.support.http_faults import Fault, KinesisFaultInjector
 from tests.support.kinesis import (
     KinesisClient,
     create_stream,
@@ -32,6 +36,7 @@ from tests.support.kinesis import (
     put_records,
     wait_for,
 )
+from tests.test_resharding import Producer, counter, describe_shards, merge, open_shards, split
 
 pytestmark = pytest.mark.anyio
 FAST_POLL = PollSettings(base_interval=0.2, min_interval=0.2)
@@ -43,14 +48,15 @@ class Deliveries:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, str, str]] = []
+        self.data: dict[tuple[str, str], bytes] = {}
 
     def handler(self, worker: str) -> Any:
         async def handle(event: dict[str, Any], context: Any) -> None:
             for r in event["Records"]:
                 shard = r["eventID"].split(":")[0]
-                self.seen.append(
-                    (worker, shard, r["kinesis"]["sequenceNumber"], r["kinesis"]["partitionKey"])
-                )
+                sequence = r["kinesis"]["sequenceNumber"]
+                self.seen.append((worker, shard, sequence, r["kinesis"]["partitionKey"]))
+                self.data[(shard, sequence)] = base64.b64decode(r["kinesis"]["data"])
                 await anyio.lowlevel.checkpoint()
 
         return handle
@@ -203,3 +209,92 @@ async def test_the_start_time_is_the_fleets_first(dynamodb: str, table: str) -> 
     assert again == (1000.25, False)
     assert other == (3000.0, True)
     assert after == (4000.0, True)
+
+
+# Resharding while the fleet runs (kinesis-mock: moto routes puts to a split parent).
+
+
+async def test_a_split_and_a_merge_while_two_workers_run_keep_parents_before_children(
+    kinesis_mock: KinesisMock, stream_name: str, dynamodb: str, table: str
+) -> None:
+    url = kinesis_mock.endpoint_url
+    seen = Deliveries()
+    async with kinesis_client(url) as client:
+        arn = await create_stream(client, stream_name, 2)
+        producer = Producer(client, stream_name)
+        config = mapping(arn)
+        async with worker(url, dynamodb, table, "a") as a, worker(url, dynamodb, table, "b") as b:
+            await a.add_mapping(config, seen.handler("a"))
+            await b.add_mapping(config, seen.handler("b"))
+            await producer.put(60)
+            parent = (await open_shards(client, stream_name))[0]
+            await split(client, stream_name, parent)
+            await producer.put(60)
+            children = [
+                s["ShardId"]
+                for s in await open_shards(client, stream_name)
+                if s.get("ParentShardId") == parent["ShardId"]
+            ]
+            assert len(children) == 2
+            await merge(client, stream_name, *children)
+            await producer.put(60)
+            await wait_for(lambda: producer.ids() <= seen.ids(), 60, 0.2, "every record")
+            lineage = {
+                s["ShardId"]: [
+                    p for p in (s.get("ParentShardId"), s.get("AdjacentParentShardId")) if p
+                ]
+                for s in await describe_shards(client, stream_name)
+            }
+    assert seen.duplicates() == []  # nothing moved but by hand-off or SHARD_END
+    assert {w for w, *_ in seen.seen} == {"a", "b"}  # the fleet shared the stream
+    order: dict[str, list[int]] = defaultdict(list)
+    for _, shard, sequence, key in seen.seen:
+        order[key].append(counter(seen.data[(shard, sequence)]))
+    assert all(ns == sorted(ns) for ns in order.values()), "a key's records out of order"
+    position = {}
+    for index, (_, shard, _, _) in enumerate(seen.seen):
+        position.setdefault(shard, [index, index])[1] = index
+    for child, parents in lineage.items():
+        for p in parents:
+            if child in position and p in position:
+                assert position[p][1] < position[child][0], f"{child} began before {p} ended"
+
+
+# A DynamoDB outage: shards stop once their leases cannot be renewed, and come back.
+
+
+async def test_an_outage_of_the_lease_table_stops_the_shards_and_they_come_back(
+    moto: str, client: KinesisClient, stream_name: str, dynamodb: str, table: str
+) -> None:
+    arn = await create_stream(client, stream_name, 2)
+    seen = Deliveries()
+    async with KinesisFaultInjector(dynamodb) as proxy:
+        engine = worker(moto, proxy.endpoint_url, table, "a")
+        async with engine:
+            uuid_a = await engine.add_mapping(mapping(arn), seen.handler("a"))
+
+            def polling() -> bool:
+                shards = engine.mapping_statistics(uuid_a).shards
+                return sum(s.state == "polling" and s.owner == "a" for s in shards) == 2
+
+            await wait_for(polling, 20, message="both shards leased and read")
+            proxy.rule = lambda op, shard, n: Fault("InternalServerError", status=500)
+            outage = time.monotonic()
+
+            def dropped() -> bool:
+                leases = engine.mapping_statistics(uuid_a).leases
+                return leases is not None and leases.held == 0
+
+            await wait_for(dropped, 10, message="the leases dropped")
+            stopped_after = time.monotonic() - outage
+            # held until hold_time (0.9 failover_time) after the last renewal, not longer
+            hold = 0.9 * FAILOVER
+            assert hold - FAILOVER / 3 - 0.2 < stopped_after < hold + FAILOVER / 3 + 1.0
+            during = await put_records(client, stream_name, [(f"k{i}", b"x") for i in range(20)])
+            await anyio.sleep(0.5)  # watch a few polls' time: nothing may be invoked now
+            assert not ids(during) & seen.ids(), "invoked a shard whose lease was not held"
+            proxy.rule = None  # DynamoDB answers again: the worker takes its leases back
+            await wait_for(lambda: ids(during) <= seen.ids(), 20, message="delivery resumed")
+            stats = engine.mapping_statistics(uuid_a).leases
+            assert stats is not None and stats.lost >= 2 and stats.renewal_failures >= 2
+    assert seen.duplicates() == []

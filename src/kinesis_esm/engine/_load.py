@@ -4,12 +4,14 @@ The balancer moves leases when workers' loads differ by more than its tolerance 
 mean). A rate measured over one renewal interval is noise at ordinary rates (4 records/s over
 0.7 s is 2 or 3 records), and noise above the tolerance moves leases back and forth. So a rate
 is measured over a window long enough to hold `min_records` records (at most `window`
-seconds), and published only when it differs from the published one by more than `change`.
+seconds), and published only when it differs from the published one by more than `change`
+and by more than counting noise (at low rates a few records more or less are no change).
 Pure: the caller passes the count and its clock.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 __all__ = ["LoadMeter"]
@@ -40,7 +42,12 @@ class LoadMeter:
             return None
         rate = max(0.0, records / elapsed)
         published = self.published
-        if published is not None and abs(rate - published) <= self.change * max(rate, published):
-            return None
+        if published is not None:
+            moved = abs(rate - published)
+            # both a relative change and one beyond counting noise (3 sigma, Poisson)
+            if moved <= self.change * max(rate, published):
+                return None
+            if moved * elapsed <= 3 * math.sqrt(max(records, published * elapsed, 1.0)):
+                return None
         self.published = rate
         return rate

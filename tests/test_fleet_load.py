@@ -1,0 +1,74 @@
+"""The load figures a fleet worker publishes: long windows and hysteresis, so the balancer
+sees steady numbers (pure: no clock, no I/O)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kinesis_esm.engine._load import LoadMeter
+
+
+def feed(
+    meter: LoadMeter, rate: float, seconds: float, every: float, start: float = 0.0
+) -> list[float]:
+    published = []
+    steps = int(seconds / every)
+    for step in range(1, steps + 1):
+        now = start + step * every
+        value = meter.sample(math.floor(rate * now), now)
+        if value is not None:
+            published.append(value)
+    return published
+
+
+def test_nothing_is_published_before_the_window_is_full_at_low_rates() -> None:
+    meter = LoadMeter(window=60, min_records=1000)
+    assert feed(meter, 4.0, 59, 0.5) == []
+    assert feed(meter, 4.0, 2, 0.5, start=59)  # 60 s reached
+
+
+def test_a_high_rate_is_published_once_enough_records_were_seen() -> None:
+    meter = LoadMeter(window=60, min_records=1000)
+    published = feed(meter, 2000.0, 1.0, 0.25)
+    assert published == [pytest.approx(2000.0, rel=0.01)]
+
+
+def test_a_steady_rate_is_published_once_and_a_real_change_again() -> None:
+    meter = LoadMeter(window=10, min_records=100, change=0.25)
+    assert len(feed(meter, 50.0, 60, 0.5)) == 1
+    later = feed(meter, 200.0, 30, 0.5, start=60)
+    assert later and later[-1] == pytest.approx(200.0, rel=0.1)
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValueError):
+        LoadMeter(window=0)
+    with pytest.raises(ValueError):
+        LoadMeter(change=1.0)
+
+
+@given(
+    rate=st.floats(min_value=0.1, max_value=10_000),
+    every=st.floats(min_value=0.1, max_value=5.0),
+    jitter=st.lists(st.floats(min_value=-0.2, max_value=0.2), min_size=50, max_size=400),
+)
+def test_a_constant_rate_with_noisy_samples_is_published_at_most_once(
+    rate: float, every: float, jitter: list[float]
+) -> None:
+    """Sampling times jitter (renewal rounds fire early, a loop is late); counts are whole
+    records. The published figure settles: no flapping that would move leases around."""
+    meter = LoadMeter(window=30, min_records=500, change=0.25)
+    published = []
+    now = 0.0
+    for shift in jitter:
+        now += every * (1 + shift)
+        value = meter.sample(math.floor(rate * now), now)
+        if value is not None:
+            published.append(value)
+    assert len(published) <= 1
+    for value in published:
+        assert value == pytest.approx(rate, rel=0.3, abs=1.0)

@@ -9,6 +9,7 @@ figures, and what a fleet refuses.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -21,6 +22,8 @@ import anyio.lowlevel
 import pytest
 
 from kinesis_esm import Engine, EventSourceMappingConfig, KinesisConfig, PollSettings
+from kinesis_esm._statistics import MappingStatistics
+from kinesis_esm.cli._status import rows as status_rows
 from kinesis_esm.config import ConfigError, CoordinationConfig
 from kinesis_esm.engine._fleet import lease_checkpoint, text_checkpoint
 from kinesis_esm.leases import SHARD_END, Checkpoint
@@ -70,6 +73,24 @@ class Deliveries:
 
     def workers_of(self, records: set[tuple[str, str]]) -> set[str]:
         return {w for w, shard, seq, _ in self.seen if (shard, seq) in records}
+
+
+def status_states(stats: MappingStatistics) -> dict[str, str]:
+    """The State cell per shard of `kinesis-esm status`, from what /status would answer."""
+    mapping = {
+        "UUID": stats.uuid,
+        "FunctionName": stats.function_name,
+        "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:fleet",
+        "EventSourceArn": stats.event_source_arn,
+        "State": stats.state,
+        "BatchSize": 10,
+        "ParallelizationFactor": 1,
+        "LastProcessingResult": stats.last_processing_result,
+        "counters": {},
+        "shards": [dataclasses.asdict(s) for s in stats.shards],
+    }
+    _, shard_rows = status_rows({"time": 0.0, "mappings": [mapping]})
+    return {row[1]: row[2] for row in shard_rows}
 
 
 def ids(records: list[Any]) -> set[tuple[str, str]]:
@@ -164,6 +185,11 @@ async def test_two_workers_split_the_shards_and_a_stop_hands_off_without_duplica
             mine = [s for s in stats.shards if s.owner == "b"]
             assert len(mine) == 2 and all(s.lease_counter for s in mine)
             assert {s.owner for s in stats.shards} == {"a", "b"}  # the others, as last read
+            shown = status_states(stats)  # as `kinesis-esm status` shows them
+            assert shown == {
+                s.shard_id: f"{s.state} {s.owner}#{s.lease_counter}" for s in stats.shards
+            }
+            assert {v.split()[0] for v in shown.values()} <= {"polling", "leased"}
         # b stopped: its leases were handed off with their final checkpoints
         assert Counter((await owners(dynamodb, table, uuid_a)).values()) in (
             Counter({"a": 4}),

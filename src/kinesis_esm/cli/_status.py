@@ -109,6 +109,14 @@ def _read(shard: dict[str, Any]) -> str:
     return f"EFO {shown} r{shard.get('resubscriptions', 0)}"
 
 
+def _state(shard: dict[str, Any]) -> str:
+    """The shard's state; in a fleet, with its lease's owner and counter ("leased w2#41")."""
+    owner = shard.get("owner")
+    if owner is None and shard.get("lease_counter") is None:
+        return str(shard["state"])
+    return f"{shard['state']} {owner or '-'}#{shard.get('lease_counter')}"
+
+
 def _headers(columns: str) -> list[str]:
     return [column.replace("-", " ") for column in columns.split()]
 
@@ -149,7 +157,7 @@ def rows(
                 [
                     m["UUID"][:8],
                     s["shard_id"],
-                    s["state"],
+                    _state(s),
                     _read(s),
                     _rate(s["records_invoked"], was["records_invoked"] if was else None, elapsed),
                     str(s["records_buffered"]),

@@ -324,3 +324,22 @@ async def test_an_outage_of_the_lease_table_stops_the_shards_and_they_come_back(
             stats = engine.mapping_statistics(uuid_a).leases
             assert stats is not None and stats.lost >= 2 and stats.renewal_failures >= 2
     assert seen.duplicates() == []
+
+
+async def test_a_delete_removes_the_leases_only_when_no_other_worker_runs_the_mapping(
+    moto: str, client: KinesisClient, stream_name: str, dynamodb: str, table: str
+) -> None:
+    arn = await create_stream(client, stream_name, 2)
+    seen = Deliveries()
+    config = mapping(arn)
+    async with worker(moto, dynamodb, table, "a") as a, worker(moto, dynamodb, table, "b") as b:
+        uuid_a = await a.add_mapping(config, seen.handler("a"))
+        await b.add_mapping(config, seen.handler("b"))
+        await wait_for(lambda: owners(dynamodb, table, uuid_a), 20, message="the leases")
+        await a.remove_mapping(uuid_a, delete_state=True)  # b still runs it: kept
+        assert len(await owners(dynamodb, table, uuid_a)) == 2
+        await b.remove_mapping(uuid_a, delete_state=True)  # the last worker: gone
+        assert await owners(dynamodb, table, uuid_a) == {}
+    async with DynamoDBLeaseStore(table, endpoint_url=dynamodb, region="us-east-1") as store:
+        assert (await store.read_fleet(uuid_a)).workers == ()
+        assert (await store.claim_started_at(uuid_a, 5.0)) == (5.0, True)  # its row went too

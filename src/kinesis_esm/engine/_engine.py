@@ -6,6 +6,7 @@ invocations finish (bounded by the function timeout), writes final checkpoints, 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from types import TracebackType
@@ -16,13 +17,20 @@ import anyio.abc
 
 from .._redact import install_redaction
 from .._statistics import EngineStatistics, MappingStatistics
-from ..config import EventSourceMappingConfig, KinesisConfig, unsupported_features
+from ..config import (
+    CoordinationConfig,
+    EventSourceMappingConfig,
+    KinesisConfig,
+    unsupported_features,
+)
 from ..functions import CallableFunction, Function
 from ..pipeline._budget import ShardReadBudget
 from ..pipeline._settings import PollSettings, RetrySettings
 from ..source import KinesisSource, StreamSource
 from ..source._consumers import FanOutClient
 from ..state import CheckpointStore, MemoryCheckpointStore, SQLiteCheckpointStore
+from ._fleet import Fleet
+from ._fleet_mapping import FleetMappingRunner
 from ._mapping import MappingRunner
 
 __all__ = ["SUPPORTED_FEATURES", "Engine"]
@@ -57,7 +65,10 @@ class Engine:
         retry_settings: RetrySettings | None = None,
         shard_sync_interval: float = 60.0,
         stop_grace: float | None = None,
+        coordination: CoordinationConfig | None = None,
     ) -> None:
+        """``coordination``: ``backend = "dynamodb"`` makes this engine one worker of a fleet
+        (its mappings' shards are leased through the DynamoDB table; see docs/fleet.md)."""
         install_redaction()  # no credential reaches a log line, embedded or in the daemon
         self.kinesis = kinesis or KinesisConfig()
         if isinstance(checkpoint_store, str):
@@ -72,10 +83,14 @@ class Engine:
         self.retry_settings = retry_settings or RetrySettings()
         self.shard_sync_interval = shard_sync_interval
         self._stop_grace = stop_grace
+        self.coordination = coordination or CoordinationConfig()
+        self.fleet = Fleet(self.coordination) if self.coordination.fleet else None
         self._mappings: dict[str, MappingRunner] = {}
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> Engine:
+        if self.fleet is not None:
+            await self.fleet.start()  # the lease table: a missing permission fails here, once
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -104,6 +119,9 @@ class Engine:
                 with anyio.CancelScope(shield=True):
                     await fan_out.aclose()
             self._fan_outs.clear()
+            if self.fleet is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.fleet.aclose()
 
     def _request_stop(self, tg: anyio.abc.TaskGroup) -> None:
         runners = list(self._mappings.values())
@@ -112,6 +130,8 @@ class Engine:
         grace = self._stop_grace
         if grace is None:
             grace = max((r.function.timeout for r in runners), default=0.0) + 5.0
+            if self.fleet is not None:  # the hand-offs' final writes
+                grace += 2 * self.fleet.call_timeout
 
         async def watchdog() -> None:
             with anyio.move_on_after(grace):
@@ -176,9 +196,13 @@ class Engine:
                 arn=f"arn:aws:lambda:{config.region}:{config.account_id}:function:"
                 f"{config.function_name}",
             )
-        runner = MappingRunner(
+        runner_class: Callable[..., MappingRunner] = MappingRunner
+        if self.fleet is not None:
+            self.fleet.check(config)
+            runner_class = functools.partial(FleetMappingRunner, fleet=self.fleet)
+        runner = runner_class(
             config,
-            function,  # type: ignore[arg-type]
+            function,
             self._source_for(config),
             self.store,
             poll_settings=self.poll_settings,
@@ -206,6 +230,8 @@ class Engine:
         await runner.stopped.wait()
         if delete_state:
             await self.store.delete_mapping(uuid)
+            if self.fleet is not None:
+                await self.fleet.forget(uuid)
         return runner.statistics()
 
     def mapping_statistics(self, uuid: str) -> MappingStatistics:

@@ -29,7 +29,7 @@ from ..state import SHARD_END
 from ._batching import batch_count, event_bytes
 from ._budget import ShardReadBudget
 from ._lanes import Lane, ShardScheduler
-from ._ports import BatchHandler, CheckpointCommitter, MappingIdentity, StatusSink
+from ._ports import BatchHandler, CheckpointCommitter, LeaseCheck, MappingIdentity, StatusSink
 from ._readers import poll_shard, subscribe_shard
 from ._settings import PollSettings
 
@@ -58,9 +58,11 @@ class ShardConsumer:
         poll_settings: PollSettings,
         fan_out: FanOutClient | None = None,
         consumer_arn: str | None = None,
+        lease: LeaseCheck | None = None,
         read_budget: ShardReadBudget | None = None,
     ) -> None:
         self.shard = shard
+        self.lease = lease  # in a fleet: asked before each batch; None: the shard is ours
         self.position = position
         self.identity = identity
         self.source = source
@@ -289,6 +291,9 @@ class ShardConsumer:
                 if remaining > 0 and not self._batch_ready(lane):
                     await self._wait_lane(lane.number, remaining)
                     continue
+            if self.lease is not None and not self.lease.holds(self.shard.shard_id):
+                self._lose()  # a batch boundary: invoke nothing more for a shard not held
+                return
             n = batch_count(lane.peek(cfg.batch_size), cfg.batch_size, self.overhead)
             batch = lane.take(n)
             if n == 1 and self._oversized(batch.records[0]):

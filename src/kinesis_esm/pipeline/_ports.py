@@ -19,6 +19,7 @@ from ._lanes import Batch, Lane
 __all__ = [
     "BatchHandler",
     "CheckpointCommitter",
+    "LeaseCheck",
     "MappingIdentity",
     "ShardHandle",
     "StatusSink",
@@ -75,6 +76,15 @@ class CheckpointCommitter(Protocol):
     async def commit(
         self, shard_id: str, sequence: str, *, window_state: bytes | None = None
     ) -> bool: ...
+
+
+class LeaseCheck(Protocol):
+    """Whether this worker still holds a shard's lease (in a fleet), asked before each batch.
+
+    It turns False by itself once renewals have failed for too long, so a worker that was
+    paused or cut off invokes nothing more for the shard, even before it hears of the loss."""
+
+    def holds(self, shard_id: str) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -563,15 +563,27 @@ def test_unsupported_features_names_the_parameter(feature: str) -> None:
 
 
 def test_unsupported_features_message_and_order() -> None:
-    cfg = esm(parallelization_factor=4, tumbling_window_in_seconds=30)
+    # (a tumbling window with a parallelization factor is refused by the config itself)
+    cfg = esm(parallelization_factor=4, bisect_batch_on_function_error=True)
     with pytest.raises(NotSupportedYetError) as info:
         unsupported_features(cfg, frozenset({"filter_criteria", "destination_config"}))
     assert info.value.message == (
         "parallelization_factor = 4 is valid but not supported yet by kinesis-esm "
         "(supported: destination_config, filter_criteria)"
     )
-    with pytest.raises(NotSupportedYetError, match="tumbling_window_in_seconds = 30"):
+    with pytest.raises(NotSupportedYetError, match="bisect_batch_on_function_error = true"):
         unsupported_features(cfg, frozenset({"parallelization_factor"}))
+
+
+def test_a_tumbling_window_needs_parallelization_factor_1() -> None:
+    with pytest.raises(ConfigError) as info:
+        esm(parallelization_factor=4, tumbling_window_in_seconds=30)
+    err = info.value
+    assert err.parameter == "tumbling_window_in_seconds" and err.code == IPVE
+    assert err.message == "a tumbling window (30 s) needs parallelization_factor = 1, got 4"
+    assert err.hint is not None and "parallelization_factor = 1" in err.hint
+    assert esm(parallelization_factor=4).parallelization_factor == 4
+    assert esm(tumbling_window_in_seconds=900).tumbling_window_in_seconds == 900
 
 
 # -- DaemonConfig -------------------------------------------------------------------------------
@@ -889,7 +901,17 @@ def in_range(name: str) -> st.SearchStrategy[int]:
     return st.integers(lo, hi)
 
 
-@given(st.fixed_dictionaries({name: in_range(name) for name in RANGES}), st.booleans())
+def one_lane_with_windows(values: dict[str, int]) -> dict[str, int]:
+    # a tumbling window needs parallelization_factor 1 (test_a_tumbling_window_needs_...)
+    if values["tumbling_window_in_seconds"]:
+        return {**values, "parallelization_factor": 1}
+    return values
+
+
+@given(
+    st.fixed_dictionaries({name: in_range(name) for name in RANGES}).map(one_lane_with_windows),
+    st.booleans(),
+)
 def test_any_in_range_values_construct(values: dict[str, int], enabled: bool) -> None:
     cfg = esm(enabled=enabled, **values)
     assert all(getattr(cfg, name) == value for name, value in values.items())

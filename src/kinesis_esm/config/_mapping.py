@@ -93,6 +93,7 @@ class EventSourceMappingConfig:
         self._check_destination()
         self._check_filters()
         self._check_register_consumer()
+        self._check_window()
         if self.on_failure_delivery not in ("retry", "drop"):
             raise ConfigError(
                 f"on_failure_delivery must be 'retry' or 'drop', got {self.on_failure_delivery!r}",
@@ -150,6 +151,21 @@ class EventSourceMappingConfig:
         if self.consumer_arn is not None:
             message = "names a consumer to register, but event_source_arn already is a consumer"
             raise ConfigError(message, parameter="register_consumer", hint="give one of the two")
+
+    def _check_window(self) -> None:
+        # A window's state is one per shard: batches of one window in parallel lanes would each
+        # start from a state the others have not updated yet. The reference cannot say whether
+        # Lambda allows it (section 1.2), so kinesis-esm refuses the combination.
+        window, factor = self.tumbling_window_in_seconds, self.parallelization_factor
+        if window > 0 and factor > 1:
+            message = (
+                f"a tumbling window ({window} s) needs parallelization_factor = 1, got {factor}"
+            )
+            hint = (
+                "window state is per shard; set parallelization_factor = 1, or "
+                "tumbling_window_in_seconds = 0 to turn windows off"
+            )
+            raise ConfigError(message, parameter="tumbling_window_in_seconds", hint=hint)
 
     def _check_starting_position(self) -> None:
         pos, ts, name = (

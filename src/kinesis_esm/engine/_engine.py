@@ -48,6 +48,7 @@ SUPPORTED_FEATURES: frozenset[str] = frozenset(
         "destination_config",
         "filter_criteria",
         "consumer_arn",
+        "tumbling_window_in_seconds",
     }
 )
 

@@ -23,6 +23,7 @@ from ..pipeline._consumer import ShardConsumer
 from ..pipeline._ports import MappingIdentity, StoreCommitter
 from ..pipeline._processor import BatchProcessor
 from ..pipeline._settings import PollSettings, RetrySettings
+from ..pipeline._windowed import WindowedLanes
 from ..policy._filters import RecordFilter
 from ..source import IteratorPosition, ShardInfo, StreamSource
 from ..source._consumers import FanOutClient
@@ -223,12 +224,27 @@ class MappingRunner:
                 poll_settings=self.poll_settings,
                 fan_out=self.fan_out,
                 consumer_arn=self.consumer_arn,
+                windows=await self._windows_for(shard.shard_id),
                 read_budget=self.read_budget,
             )
             self._consumers[shard.shard_id] = consumer
             log.info("mapping %s: %s starts at %s", self.uuid, shard.shard_id, position)
             tg.start_soon(self._run_shard, consumer)
         return True
+
+    async def _windows_for(self, shard_id: str) -> WindowedLanes | None:
+        """Tumbling windows for a shard starting, from the state stored with its checkpoint
+        (none for a new shard, so children start fresh)."""
+        length = self.config.tumbling_window_in_seconds
+        if not length:
+            return None
+        return WindowedLanes.restore(
+            self.processor,
+            length,
+            await self.store.get_window_state(self.uuid, shard_id),
+            idle_close_seconds=self.poll_settings.window_idle_close,
+            shard_id=shard_id,
+        )
 
     async def _register_consumer(self) -> None:
         """kinesis-esm's ``register_consumer``: the stream's consumer of that name, registered

@@ -29,7 +29,14 @@ from ..state import SHARD_END
 from ._batching import batch_count, event_bytes
 from ._budget import ShardReadBudget
 from ._lanes import Lane, ShardScheduler
-from ._ports import BatchHandler, CheckpointCommitter, LeaseCheck, MappingIdentity, StatusSink
+from ._ports import (
+    BatchHandler,
+    CheckpointCommitter,
+    LeaseCheck,
+    MappingIdentity,
+    ShardWindowing,
+    StatusSink,
+)
 from ._readers import poll_shard, subscribe_shard
 from ._settings import PollSettings
 
@@ -59,9 +66,11 @@ class ShardConsumer:
         fan_out: FanOutClient | None = None,
         consumer_arn: str | None = None,
         lease: LeaseCheck | None = None,
+        windows: ShardWindowing | None = None,
         read_budget: ShardReadBudget | None = None,
     ) -> None:
         self.shard = shard
+        self.windows = windows  # tumbling windows: they run the (single) lane, state is stored
         self.lease = lease  # in a fleet: asked before each batch; None: the shard is ours
         self.position = position
         self.identity = identity
@@ -275,7 +284,24 @@ class ShardConsumer:
         recs = lane.peek(lane.count)
         return batch_count(recs, cfg.batch_size, self.overhead) < len(recs)
 
+    @property
+    def polling_done(self) -> bool:
+        return self._polling_done
+
+    async def wait_lane(self, number: int, seconds: float | None) -> None:
+        await self._wait_lane(number, seconds)
+
+    def holds_shard(self) -> bool:
+        """At a batch boundary: False (and the shard stops) if a fleet's lease is not held."""
+        if self.lease is not None and not self.lease.holds(self.shard.shard_id):
+            self._lose()
+            return False
+        return True
+
     async def _lane_loop(self, lane: Lane) -> None:
+        if self.windows is not None:
+            await self.windows.run_lane(self, lane)
+            return
         cfg = self.config
         window = cfg.maximum_batching_window_in_seconds
         handler = self.handler
@@ -319,16 +345,31 @@ class ShardConsumer:
     def _oversized(self, record: Record) -> bool:
         return event_bytes([record], self.overhead) > MAX_EVENT_BYTES
 
-    async def commit(self) -> None:
-        """Write the low-water mark if it moved, and let the poller refill."""
+    async def commit(self, *, force: bool = False) -> None:
+        """Write the low-water mark if it moved, and let the poller refill. With tumbling
+        windows the state goes with it (``force``: also when the mark did not move)."""
         async with self._commit_lock:
             sequence = self.scheduler.update_low_water()
-            if sequence is not None and not self.lost:
+            if self.windows is not None:
+                await self._commit_windowed(sequence, force)
+            elif sequence is not None and not self.lost:
                 if await self.committer.commit(self.shard.shard_id, sequence):
                     self.checkpoint = sequence
                 else:
                     self._lose()
         self._space.set()
+
+    async def _commit_windowed(self, sequence: str | None, force: bool) -> None:
+        # under the commit lock; a final invocation changes the state without records (force)
+        if sequence is None and force:
+            sequence = self.checkpoint
+        if sequence is None or self.lost or self.windows is None:
+            return
+        state = self.windows.stored_state()
+        if await self.committer.commit(self.shard.shard_id, sequence, window_state=state):
+            self.checkpoint = sequence
+        else:
+            self._lose()
 
     async def sleep_unless_stopped(self, delay: float) -> bool:
         """Sleep for a retry back-off; True if the shard was stopped meanwhile."""

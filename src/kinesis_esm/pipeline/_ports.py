@@ -22,8 +22,10 @@ __all__ = [
     "LeaseCheck",
     "MappingIdentity",
     "ShardHandle",
+    "ShardWindowing",
     "StatusSink",
     "StoreCommitter",
+    "WindowedShardHandle",
 ]
 
 
@@ -97,7 +99,10 @@ class StoreCommitter:
     async def commit(
         self, shard_id: str, sequence: str, *, window_state: bytes | None = None
     ) -> bool:
-        await self.store.set_checkpoint(self.uuid, shard_id, sequence)
+        if window_state is None:
+            await self.store.set_checkpoint(self.uuid, shard_id, sequence)
+        else:
+            await self.store.set_window_checkpoint(self.uuid, shard_id, sequence, window_state)
         return True
 
 
@@ -119,3 +124,41 @@ class BatchHandler(Protocol):
     """Runs one lane batch to completion (the shard commits after it returns)."""
 
     async def process(self, shard: ShardHandle, lane: Lane, batch: Batch) -> None: ...
+
+
+class WindowedShardHandle(ShardHandle, Protocol):
+    """What a shard's tumbling-window lane loop needs of the shard (``_consumer``)."""
+
+    config: EventSourceMappingConfig
+    overhead: int  # per-record bytes of the event beyond data and key
+    ended: bool  # read to its end: no more records will come
+    millis_behind_latest: int | None
+    records_invoked: int
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def polling_done(self) -> bool: ...
+
+    async def wait_lane(self, number: int, seconds: float | None) -> None:
+        """Until records reach the lane, the shard stops, or ``seconds`` pass."""
+        ...
+
+    def holds_shard(self) -> bool:
+        """Asked before each invocation: False (the shard stops) once a fleet's lease is lost."""
+        ...
+
+    async def commit(self, *, force: bool = False) -> None:
+        """Write the low-water checkpoint (with the window state); ``force``: also when it did
+        not move, for a window state that changed without records (a final invocation)."""
+        ...
+
+
+class ShardWindowing(Protocol):
+    """One shard's tumbling windows (``_windowed.WindowedLanes``): it runs the shard's lane
+    instead of the plain lane loop, and gives the state stored with each checkpoint."""
+
+    async def run_lane(self, shard: WindowedShardHandle, lane: Lane) -> None: ...
+
+    def stored_state(self) -> bytes: ...

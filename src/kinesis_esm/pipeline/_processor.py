@@ -60,7 +60,7 @@ from ._lanes import Batch, Lane
 from ._ports import MappingIdentity, ShardHandle, StatusSink
 from ._settings import RetrySettings
 
-__all__ = ["INVOKE_GRACE", "BatchProcessor", "wall_clock"]
+__all__ = ["INVOKE_GRACE", "BatchProcessor", "BatchRun", "invoke_bounded", "wall_clock"]
 
 log = logging.getLogger("kinesis_esm.processing")
 dropped_log = logging.getLogger("kinesis_esm.dropped")
@@ -73,6 +73,7 @@ REPORT_BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
 FUNCTION_CALL_FAILED = "PROBLEM: Function call failed"
 BATCH_ITEM_FAILURES = "PROBLEM: Function reported batch item failures"
 INVALID_RESPONSE = "PROBLEM: Function returned an invalid batch item failures response"
+INVALID_WINDOW_RESPONSE = "PROBLEM: Function returned an invalid tumbling window response"
 NOT_INVOKED = "PROBLEM: Function could not be invoked"
 DELIVERY_FAILED = "PROBLEM: On-failure destination delivery failed"
 
@@ -115,11 +116,28 @@ class BatchProcessor:
         return build_event(shard.event_source, records)
 
     async def process(self, shard: ShardHandle, lane: Lane, batch: Batch) -> None:
-        await _BatchRun(self, shard, lane, batch).run()
+        await BatchRun(self, shard, lane, batch).run()
 
 
-class _BatchRun:
-    """The processing of one lane batch: the plan, its back-off, and the settled prefix."""
+async def invoke_bounded(function: Function, payload: Any) -> InvokeResult:
+    """One invocation, abandoned (as a timed-out function error) past the function's timeout
+    plus ``INVOKE_GRACE``, unless the function enforces its timeout itself."""
+    if getattr(function, "enforces_timeout", False):
+        return await function.invoke(payload)
+    result: InvokeResult | None = None
+    with anyio.move_on_after(function.timeout + INVOKE_GRACE):
+        result = await function.invoke(payload)
+    if result is None:
+        message = f"no answer within {function.timeout + INVOKE_GRACE:.1f}s; abandoned"
+        return InvokeResult(str(uuid.uuid4()), error_type="Unhandled", error_message=message)
+    return result
+
+
+class BatchRun:
+    """The processing of one lane batch: the plan, its back-off, and the settled prefix.
+    ``_windowed`` subclasses it (the window event; ``windowed`` turns on the two hooks)."""
+
+    windowed = False
 
     def __init__(
         self, processor: BatchProcessor, shard: ShardHandle, lane: Lane, batch: Batch
@@ -173,18 +191,20 @@ class _BatchRun:
             self.lane.advance(self.batch, done)
             await self.shard.commit()
 
+    def window_problem(self, payload: Any) -> str | None:
+        """Why a successful invocation's response fails as a window response (None: it does
+        not); only called when ``windowed``."""
+        return None
+
+    def folded(self, count: int) -> None:
+        """The first ``count`` records of the last invocation succeeded (``windowed`` only)."""
+
     async def _invoke(self, records: Sequence[Record]) -> InvokeResult:
         function = self.processor.function
         payload = self.processor.payload(self.shard, records)
         if getattr(function, "enforces_timeout", False):
             return await function.invoke(payload)  # no second timer per batch on the hot path
-        result: InvokeResult | None = None
-        with anyio.move_on_after(function.timeout + INVOKE_GRACE):
-            result = await function.invoke(payload)
-        if result is None:
-            message = f"no answer within {function.timeout + INVOKE_GRACE:.1f}s; abandoned"
-            return InvokeResult(str(uuid.uuid4()), error_type="Unhandled", error_message=message)
-        return result
+        return await invoke_bounded(function, payload)
 
     async def attempt(self, records: Sequence[Record]) -> Step | Discard | None:
         """Invoke the function once with ``records``; what the plan says next (None: the
@@ -217,10 +237,12 @@ class _BatchRun:
             function_error = "Handled" if result.error_type == "Handled" else "Unhandled"
             outcome = self.plan.failed(function_error=function_error)
             detail = f"{result.error_type}: {result.error_message}"
-            problem = FUNCTION_CALL_FAILED
-            if result.error_type not in ("Handled", "Unhandled"):  # Runtime.ImportModuleError,
-                problem = f"{problem} ({result.error_type})"  # Sandbox.Timedout, ...: say which
-            self._problem(problem, records, detail, outcome, _traceback(result))
+            self._problem(FUNCTION_CALL_FAILED, records, detail, outcome, _traceback(result))
+            return outcome
+        if self.windowed and (reason := self.window_problem(result.payload)) is not None:
+            counters.failed_invoke_events += n
+            outcome = self.plan.failed()
+            self._problem(INVALID_WINDOW_RESPONSE, records, reason, outcome)
             return outcome
         if self.processor.report_item_failures:
             verdict = parse_batch_response(result.payload, records)
@@ -234,6 +256,8 @@ class _BatchRun:
                 counters.succeeded_events += done
                 counters.failed_invoke_events += n - done
                 failed = records[done].sequence_number
+                if self.windowed and done:
+                    self.folded(done)
                 outcome = self.plan.failed(completed=done, whole=False)
                 self._problem(
                     BATCH_ITEM_FAILURES, records, f"lowest failed record {failed}", outcome
@@ -241,6 +265,8 @@ class _BatchRun:
                 return outcome
         counters.succeeded_events += n
         processor.status.processing_result("OK")
+        if self.windowed:
+            self.folded(n)
         self.plan.succeeded()
         self.failures = 0
         return "continue"

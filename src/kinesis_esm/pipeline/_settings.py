@@ -1,4 +1,5 @@
-"""Timing settings of the pipeline: polling cadence and error back-off, batch retry back-off."""
+"""Timing settings of the pipeline: polling cadence and error back-off, the idle close of a
+tumbling window, batch retry back-off."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ class PollSettings:
     error_backoff_initial: float = 0.2
     error_backoff_max: float = 10.0
     problem_backoff_max: float = 60.0  # deleted stream, missing permission
+    # tumbling windows: how long past a window's end a caught-up shard waits for more records
+    # before it closes the window (Lambda waits up to 2 minutes)
+    window_idle_close: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)

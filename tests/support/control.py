@@ -30,7 +30,7 @@ from kinesis_esm import (
     PollSettings,
 )
 from kinesis_esm.cli._daemon import run_daemon
-from kinesis_esm.config import ControlConfig, StateConfig
+from kinesis_esm.config import ControlConfig, CoordinationConfig, StateConfig
 from kinesis_esm.control import ControlServer
 from kinesis_esm.runtime import Runtime
 
@@ -68,8 +68,10 @@ async def running_daemon(
     functions: Sequence[str] = ("f",),
     control: ControlConfig | None = None,
     mappings: Sequence[EventSourceMappingConfig] = (),
+    coordination: CoordinationConfig | None = None,
 ) -> AsyncIterator[Daemon]:
-    """``kinesis-esm run`` in this process, on a free port of 127.0.0.1, stopped cleanly after."""
+    """``kinesis-esm run`` in this process, on a free port of 127.0.0.1, stopped cleanly after;
+    ``coordination`` makes it a worker of a fleet."""
     config = DaemonConfig(
         kinesis=KinesisConfig(endpoint_url=kinesis_endpoint, region=REGION),
         state=StateConfig(str(state_dir / "state.db")),
@@ -78,6 +80,7 @@ async def running_daemon(
         ),
         event_source_mappings=tuple(mappings),
         control=control or ControlConfig(port=0),
+        coordination=coordination or CoordinationConfig(),
     )
     recorder = Recorder()
     shutdown = anyio.Event()

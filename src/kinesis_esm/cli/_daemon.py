@@ -21,11 +21,14 @@ from ..control._emf import run_emf
 from ..engine import Engine
 from ..engine._fleet import Fleet
 from ..leases import LeaseStoreError, LeaseStoreUnavailableError
+from ..runtime._fleet_sync import FleetMappingSync
 from ..runtime._runtime import Runtime
 from ..source import KinesisSource
 from ..state import SQLiteCheckpointStore
+from ..state._dynamodb import DynamoDBLeaseStore
 from ..state._lock import StateFileLock
 from ..state._mappings import MappingStore
+from ..state._registry import MappingRegistry
 
 __all__ = ["KinesisStreamCheck", "format_progress", "run_daemon"]
 
@@ -116,12 +119,14 @@ async def run_daemon(
     engine = Engine(
         kinesis=config.kinesis, checkpoint_store=store, coordination=config.coordination
     )
+    sync = _mapping_sync(engine, config)
     runtime = Runtime(
         engine,
         config,
         store=MappingStore(store.connection),
         handlers=handlers,
         stream_check=stream_check,
+        shared=sync,
     )
     try:
         if engine.fleet is not None and not await _join_fleet(engine.fleet):
@@ -145,6 +150,7 @@ async def run_daemon(
             await _serve(
                 engine,
                 runtime,
+                sync,
                 shutdown,
                 handle_signals,
                 (log_interval, emf_interval, stop_after),
@@ -160,6 +166,14 @@ async def run_daemon(
         await store.aclose()
         lock.release()
     return 0
+
+
+def _mapping_sync(engine: Engine, config: DaemonConfig) -> FleetMappingSync | None:
+    """A fleet's workers share their API mappings through the lease table (docs/fleet.md)."""
+    if engine.fleet is None or not isinstance(engine.fleet.store, DynamoDBLeaseStore):
+        return None
+    interval = float(config.coordination.mapping_sync_interval)
+    return FleetMappingSync(MappingRegistry(engine.fleet.store), interval=interval)
 
 
 async def _join_fleet(fleet: Fleet) -> bool:
@@ -179,6 +193,7 @@ async def _join_fleet(fleet: Fleet) -> bool:
 async def _serve(
     engine: Engine,
     runtime: Runtime,
+    sync: FleetMappingSync | None,
     shutdown: anyio.Event | None,
     handle_signals: bool,
     intervals: tuple[float, float, float | None],  # progress log, EMF, stop after
@@ -215,6 +230,8 @@ async def _serve(
             tg.start_soon(wait_for_shutdown, shutdown)
         if log_interval > 0:
             tg.start_soon(progress)
+        if sync is not None:
+            tg.start_soon(sync.run, runtime)
         if emf_interval > 0:
             tg.start_soon(run_emf, runtime.statuses, emf_interval)
         if stop_after is not None:

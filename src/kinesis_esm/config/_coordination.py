@@ -36,6 +36,7 @@ class CoordinationConfig:
     failover_time: float = 10  # seconds without a renewal before another worker may take a lease
     endpoint_url: str | None = None
     region: str | None = None
+    mapping_sync_interval: float = 2  # seconds between two reads of the shared mapping registry
 
     def __post_init__(self) -> None:
         _expect("backend", self.backend, (str,), "a string")
@@ -66,6 +67,11 @@ class CoordinationConfig:
         _in_range("failover_time", self.failover_time, 1.0, 3600.0)
         if not math.isfinite(self.failover_time):
             raise ConfigError("must be a finite number of seconds", parameter="failover_time")
+        _in_range("mapping_sync_interval", self.mapping_sync_interval, 0.1, 60.0)
+        if not math.isfinite(self.mapping_sync_interval):
+            raise ConfigError(
+                "must be a finite number of seconds", parameter="mapping_sync_interval"
+            )
         if self.endpoint_url is not None:
             _expect("endpoint_url", self.endpoint_url, (str,), "a string")
             if not _URL.fullmatch(self.endpoint_url):

@@ -25,7 +25,7 @@ import re
 import time
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -60,11 +60,18 @@ from ._model import (
 )
 from ._references import function_filter, resolve_function
 
-__all__ = ["MappingError", "MappingStatus", "MappingView", "Runtime"]
+__all__ = ["MappingError", "MappingStatus", "MappingView", "Runtime", "SharedMappings"]
 
 log = logging.getLogger("kinesis_esm.runtime")
 
 StreamCheck = Callable[[EventSourceMappingConfig], Awaitable[bool | None]]
+
+
+class SharedMappings(Protocol):
+    """Where a fleet shares mapping changes (runtime/_fleet_sync): ``publish`` writes one
+    before it is applied here, or raises MappingError (another worker changed it first)."""
+
+    async def publish(self, row: StoredMapping) -> None: ...
 
 
 def _validated(build: Callable[[], EventSourceMappingConfig]) -> EventSourceMappingConfig:
@@ -97,6 +104,7 @@ class Runtime:
         stream_check: StreamCheck | None = None,
         settle_interval: float = 0.2,
         clock: Callable[[], float] = time.time,
+        shared: SharedMappings | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -106,6 +114,7 @@ class Runtime:
         self._stream_check = stream_check
         self._settle_interval = settle_interval
         self._clock = clock
+        self._shared = shared
         self._mappings: dict[str, MappingRecord] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._closing = False
@@ -151,6 +160,10 @@ class Runtime:
             and (wanted is None or wanted.matches(m.function, m.function_arn))
         ]
 
+    def records(self) -> list[MappingRecord]:
+        """The mappings as this runtime keeps them (the fleet's sync publishes from these)."""
+        return list(self._mappings.values())
+
     def statuses(self) -> list[MappingStatus]:
         result = []
         for view in self.mappings():
@@ -183,6 +196,7 @@ class Runtime:
         now = self._clock()
         m = MappingRecord(uuid, "api", config, None, fn, arn, dict(extras or {}), now, now)
         m.pending = "Creating" if config.enabled else "Disabled"
+        await self._publish(m, m.row())
         self.store.put(m.row())  # first: a row that cannot be stored leaves nothing registered
         self._mappings[uuid] = m
         self._spawn(m, self._start(m))
@@ -209,6 +223,7 @@ class Runtime:
         changed = dataclasses.replace(
             m, config=config, function=fn, function_arn=arn, extras=merged, last_modified=modified
         )
+        await self._publish(m, changed.row())
         self.store.put(changed.row())  # stored first, then applied: never half-applied
         was, now = m.config.enabled, config.enabled
         m.pending = "Disabling" if was > now else "Enabling" if now > was else "Updating"
@@ -223,6 +238,7 @@ class Runtime:
         m = self._find(uuid)
         if m.busy:
             raise MappingError(RESOURCE_IN_USE, DELETE_IN_USE_MESSAGE)
+        await self._publish(m, m.row(deleted=True))
         m.pending = "Deleting"
         m.last_modified = self._clock()
         self._spawn(m, self._delete(m))
@@ -258,7 +274,55 @@ class Runtime:
                 await self._register(config, row, None)
         self.reconciled = True
 
+    async def apply_shared(self, row: StoredMapping) -> bool:
+        """Apply another worker's change from the fleet's registry without publishing it.
+        False: not now (the mapping is busy, or the runtime is not running); ask again."""
+        if self._closing or self._tg is None or not self.reconciled:
+            return False
+        m = self._mappings.get(row.uuid)
+        if m is not None and m.busy:
+            return False
+        if row.deleted:
+            if m is not None:
+                m.pending, m.last_modified = "Deleting", row.last_modified
+                self._spawn(m, self._delete(m))
+            return True
+        config = self._row_config(row)
+        if config is None or (m is None and row.origin == "config"):
+            return True  # a config-file mapping runs only where a file declares it
+        if m is None:
+            await self._register(config, row, None)
+            return True
+        if m.origin != row.origin or (m.origin == "config" and m.declared != row.declared):
+            return True  # this worker's file declares it otherwise: the file wins here
+        if config == m.config and row.extras == m.extras:
+            return True
+        try:
+            resolved = resolve_function(self.config, config)
+        except MappingError as err:  # e.g. a function this worker does not declare
+            log.error("mapping %s: another worker's change cannot run here: %s", m.uuid, err)
+            return True
+        was, now = m.config.enabled, config.enabled
+        m.pending = "Disabling" if was > now else "Enabling" if now > was else "Updating"
+        m.config, m.function, m.function_arn = config, resolved.config, resolved.arn
+        m.problem = None
+        m.extras, m.last_modified = dict(row.extras), row.last_modified
+        self.store.put(m.row())
+        self._spawn(m, self._restart(m))
+        return True
+
     # internals
+
+    async def _publish(self, m: MappingRecord, row: StoredMapping) -> None:
+        """Share a change with the fleet before applying it; busy meanwhile, so no second
+        change of the same mapping starts while the write is under way."""
+        if self._shared is None:
+            return
+        busy, m.busy = m.busy, True
+        try:
+            await self._shared.publish(row)
+        finally:
+            m.busy = busy
 
     def _check_open(self) -> None:
         if self._closing or self._tg is None:

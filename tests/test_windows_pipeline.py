@@ -12,6 +12,7 @@ left (nothing lost, nothing applied twice).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -430,6 +431,23 @@ async def test_an_idle_window_closes_only_after_the_idle_wait(clock: list[float]
         (["r001"], {"ids": ["r000"]}, False),
         ([], {"ids": ["r000", "r001"]}, True),
     ]
+
+
+async def test_an_unreadable_stored_state_is_said_loudly_and_the_shard_goes_on_fresh(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stream = MemoryStream(ARN)
+    records = put_spread(stream, [1, 1, 1])
+    store = MemoryCheckpointStore()
+    await store.set_window_checkpoint(UUID, stream.shard_ids[0], str(10**20), b"not json")
+    function = WindowFunction([], partial_responses=False)
+    with caplog.at_level(logging.ERROR, logger="kinesis_esm.windows"):
+        await run_until(
+            stream, store, window_mapping(60, 10), function,
+            lambda: function.closed_ids() == [k for k, _ in records[1:]],
+        )  # fmt: skip
+    assert function.calls[0].keys == ["r001", "r002"] and function.calls[0].state_in == {}
+    assert any("cannot be read" in r.getMessage() for r in caplog.records)
 
 
 # the config and the store

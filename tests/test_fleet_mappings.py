@@ -166,7 +166,11 @@ async def test_create_update_delete_through_either_worker_reach_the_other(
             with pytest.raises(ClientError) as error:
                 await call(client_b.get_event_source_mapping, UUID=uid)
             assert error.value.response["Error"]["Code"] == "ResourceNotFoundException"
-            assert uid not in await list_of(client_a)
+
+            async def gone_on_a() -> bool:
+                return uid not in await list_of(client_a)
+
+            await wait_for(gone_on_a, BOUND, interval=0.2, message="the mapping gone from a")
 
 
 async def test_an_api_change_of_a_config_file_mapping_reaches_every_worker_declaring_it(
@@ -295,3 +299,43 @@ async def test_a_worker_that_joins_later_runs_the_mappings_the_fleet_already_has
                 assert (seen["BatchSize"], seen["StartingPosition"]) == (3, "LATEST")
                 assert seen["MetricsConfig"] == {"Metrics": ["EventCount"]}  # an extra, kept
                 assert comparable(seen) == comparable((await list_of(client_a))[created["UUID"]])
+
+
+async def test_a_restarted_worker_applies_what_it_missed_and_shares_what_it_had_alone(
+    tmp_path: Path,
+    moto: str,
+    dynalite: str,  # noqa: F811 - the fixture
+    table: str,
+    stream_name: str,
+) -> None:
+    async with kinesis_client(moto) as kinesis:
+        arn = await create_stream(kinesis, stream_name, 1)
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+        mapping = {"FunctionName": "f", "EventSourceArn": arn, "StartingPosition": "LATEST"}
+        # b alone, before any fleet: a mapping in its state file only
+        async with running_daemon(tmp_path / "b", moto) as b:
+            alone = await call(lambda_client(b.url).create_event_source_mapping, **mapping)
+        worker_a, worker_b = (coordination(dynalite, table, w) for w in ("a", "b"))
+        async with running_daemon(tmp_path / "a", moto, coordination=worker_a) as a:
+            client_a = lambda_client(a.url)
+            async with running_daemon(tmp_path / "b", moto, coordination=worker_b) as b:
+
+                async def shared_with_a() -> bool:
+                    return alone["UUID"] in await list_of(client_a)
+
+                await wait_for(shared_with_a, BOUND, interval=0.2, message="b's mapping on a")
+            # b is stopped: a deletes it, then b starts again from its state file
+            await call(client_a.delete_event_source_mapping, UUID=alone["UUID"])
+
+            async def gone_on_a() -> bool:  # Deleting until its runner has stopped
+                return alone["UUID"] not in await list_of(client_a)
+
+            await wait_for(gone_on_a, BOUND, interval=0.2, message="the delete on a")
+            async with running_daemon(tmp_path / "b", moto, coordination=worker_b) as b:
+                client_b = lambda_client(b.url)
+
+                async def deleted_on_b() -> bool:
+                    return alone["UUID"] not in await list_of(client_b)
+
+                await wait_for(deleted_on_b, BOUND, interval=0.2, message="the delete on b")

@@ -54,7 +54,13 @@ def snapshot(at: float, done: int, invoked: int, state: str = "Enabled") -> dict
         "BatchSize": 100,
         "ParallelizationFactor": 2,
         "LastProcessingResult": "PROBLEM: Function call failed",
-        "counters": {"succeeded_events": done, "invocations": 12, "errors": 3},
+        "counters": {
+            "succeeded_events": done,
+            "invocations": 12,
+            "errors": 3,
+            "polled_events": 4321,
+            "filtered_out_events": 987,
+        },
         "shards": [shard],
     }
     return {"time": at, "mappings": [mapping]}
@@ -68,6 +74,8 @@ def test_render_shows_mappings_shards_and_rates() -> None:
         "Enabled",
         "10.0",  # (120 - 100) records / 2 s
         "PROBLEM: Function call failed",
+        "4,321",  # PolledEventCount
+        "987",  # FilteredOutEventCount
         "shardId-000000000000",
         "1500 ms",
         "1/2",

@@ -95,7 +95,9 @@ def _short(sequence: str | None) -> str:
     return sequence if len(sequence) <= 14 else f"…{sequence[-12:]}"
 
 
-MAPPING_COLUMNS = "UUID Function Stream State Batch PF rec/s Invocations Errors Age Last-result"
+MAPPING_COLUMNS = (
+    "UUID Function Stream State Batch PF rec/s Polled Filtered Invocations Errors Age Last-result"
+)
 SHARD_COLUMNS = "Mapping Shard State Read rec/s Buffered Busy Age Behind Checkpoint"
 MAPPINGS_TITLE, SHARDS_TITLE = "Event source mappings", "Shards"
 
@@ -144,6 +146,8 @@ def rows(
                 str(m["BatchSize"]),
                 str(m["ParallelizationFactor"]),
                 _rate(counters.get("succeeded_events", 0), done_before, elapsed),
+                f"{counters.get('polled_events', 0):,}",  # Lambda's PolledEventCount
+                f"{counters.get('filtered_out_events', 0):,}",  # FilteredOutEventCount
                 f"{counters.get('invocations', 0):,}",
                 f"{counters.get('errors', 0):,}",
                 _age(max(ages) if ages else None),

@@ -71,6 +71,16 @@ INVOKE_GRACE = 5.0  # beyond the function's own timeout, before an invoke is aba
 REPORT_BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
 
 FUNCTION_CALL_FAILED = "PROBLEM: Function call failed"
+# An environment's init failed (Lambda's error types): named in LastProcessingResult, since no
+# retry can succeed until the function is fixed. Other function errors keep Lambda's text.
+INIT_ERRORS = frozenset(
+    {
+        "Runtime.ImportModuleError",
+        "Runtime.UserCodeSyntaxError",
+        "Runtime.HandlerNotFound",
+        "Runtime.MalformedHandlerName",
+    }
+)
 BATCH_ITEM_FAILURES = "PROBLEM: Function reported batch item failures"
 INVALID_RESPONSE = "PROBLEM: Function returned an invalid batch item failures response"
 INVALID_WINDOW_RESPONSE = "PROBLEM: Function returned an invalid tumbling window response"
@@ -237,7 +247,10 @@ class BatchRun:
             function_error = "Handled" if result.error_type == "Handled" else "Unhandled"
             outcome = self.plan.failed(function_error=function_error)
             detail = f"{result.error_type}: {result.error_message}"
-            self._problem(FUNCTION_CALL_FAILED, records, detail, outcome, _traceback(result))
+            problem = FUNCTION_CALL_FAILED
+            if result.error_type in INIT_ERRORS:  # the function cannot start: say why
+                problem = f"{problem} ({result.error_type})"
+            self._problem(problem, records, detail, outcome, _traceback(result))
             return outcome
         if self.windowed and (reason := self.window_problem(result.payload)) is not None:
             counters.failed_invoke_events += n

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.abc
 
-from .._statistics import MappingStatistics
 from ..config import (
     INVALID_PARAMETER_VALUE,
     ConfigError,
@@ -40,17 +38,14 @@ from ..config import (
 )
 from ..engine import Engine
 from ..state._mappings import MappingStore, StoredMapping, config_from_dict, config_to_dict
-from ._checks import check_capacity, check_conflict, check_supported, config_error
+from ._checks import check_capacity, check_conflict, check_supported
 from ._destinations import DestinationPolicy
 from ._functions import DeclaredFunctions
 from ._model import (
     DELETE_IN_USE_MESSAGE,
-    NOT_FOUND_MESSAGE,
     RESOURCE_IN_USE,
-    RESOURCE_NOT_FOUND,
     SERVICE,
     UPDATING_MESSAGE,
-    USER_ACTION,
     MappingError,
     MappingRecord,
     MappingStatus,
@@ -58,7 +53,8 @@ from ._model import (
     MeteredFunction,
     function_arn,
 )
-from ._references import function_filter, resolve_function
+from ._queries import RuntimeQueries, SharedMappings, validated
+from ._references import resolve_function
 
 __all__ = ["MappingError", "MappingStatus", "MappingView", "Runtime", "SharedMappings"]
 
@@ -67,26 +63,7 @@ log = logging.getLogger("kinesis_esm.runtime")
 StreamCheck = Callable[[EventSourceMappingConfig], Awaitable[bool | None]]
 
 
-class SharedMappings(Protocol):
-    """Where a fleet shares mapping changes (runtime/_fleet_sync): ``publish`` writes one
-    before it is applied here, or raises MappingError (another worker changed it first)."""
-
-    async def publish(self, row: StoredMapping) -> None: ...
-
-
-def _validated(build: Callable[[], EventSourceMappingConfig]) -> EventSourceMappingConfig:
-    """The configuration ``build`` makes, or Lambda's error. The wire bounds every input; this
-    is the net under it: no value may reach the API's answer as a 500."""
-    try:
-        return build()
-    except ConfigError as err:
-        raise config_error(err) from None
-    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        message = f"A parameter is not valid ({type(exc).__name__}: {str(exc)[:200]})"
-        raise MappingError(INVALID_PARAMETER_VALUE, message) from None
-
-
-class Runtime:
+class Runtime(RuntimeQueries):
     """Owns the mappings of one Engine. ``async with Runtime(engine, config) as rt: ...``
 
     ``handlers`` replace importing the declared functions' handlers (embedding, tests); a
@@ -143,34 +120,6 @@ class Runtime:
                     if not m.config.enabled and self._stats(m) is not None:
                         await self.engine.remove_mapping(m.uuid)
 
-    # queries
-
-    def get(self, uuid: str) -> MappingView:
-        return self._view(self._find(uuid))
-
-    def mappings(
-        self, *, event_source_arn: str | None = None, function_name: str | None = None
-    ) -> list[MappingView]:
-        """Oldest first; ``function_name`` may be a name or ARN of a declared function."""
-        wanted = None if function_name is None else function_filter(self.config, function_name)
-        return [
-            self._view(m)
-            for m in sorted(self._mappings.values(), key=lambda m: (m.created_at, m.uuid))
-            if (event_source_arn is None or m.config.event_source_arn == event_source_arn)
-            and (wanted is None or wanted.matches(m.function, m.function_arn))
-        ]
-
-    def records(self) -> list[MappingRecord]:
-        """The mappings as this runtime keeps them (the fleet's sync publishes from these)."""
-        return list(self._mappings.values())
-
-    def statuses(self) -> list[MappingStatus]:
-        result = []
-        for view in self.mappings():
-            m = self._mappings[view.uuid]
-            result.append(m.status(view, self._stats(m)))
-        return result
-
     # operations
 
     async def create(
@@ -179,7 +128,7 @@ class Runtime:
         """Lambda's CreateEventSourceMapping: ``fields`` are EventSourceMappingConfig fields."""
         self._check_open()
         uuid = str(_uuid.uuid4())
-        config = _validated(lambda: EventSourceMappingConfig(**{**fields, "uuid": uuid}))
+        config = validated(lambda: EventSourceMappingConfig(**{**fields, "uuid": uuid}))
         resolved = resolve_function(self.config, config)
         fn, arn = resolved.config, resolved.arn
         check_conflict(self._mappings.values(), config, arn, None)
@@ -210,7 +159,7 @@ class Runtime:
         m = self._find(uuid)
         if m.busy:
             raise MappingError(RESOURCE_IN_USE, UPDATING_MESSAGE)
-        config = _validated(lambda: m.config.replace(**changes))
+        config = validated(lambda: m.config.replace(**changes))
         resolved = resolve_function(self.config, config)
         fn, arn = resolved.config, resolved.arn
         check_conflict(self._mappings.values(), config, arn, uuid)
@@ -328,12 +277,6 @@ class Runtime:
         if self._closing or self._tg is None:
             raise MappingError(SERVICE, "kinesis-esm is starting or stopping: try again")
 
-    def _find(self, uuid: str) -> MappingRecord:
-        m = self._mappings.get(uuid)
-        if m is None:
-            raise MappingError(RESOURCE_NOT_FOUND, NOT_FOUND_MESSAGE)
-        return m
-
     def _row_config(self, row: StoredMapping) -> EventSourceMappingConfig | None:
         try:
             return config_from_dict(row.config)
@@ -412,36 +355,6 @@ class Runtime:
             self.store.put(m.row(deleted=True))
         else:
             self.store.delete(m.uuid)
-
-    def _stats(self, m: MappingRecord) -> MappingStatistics | None:
-        try:
-            return self.engine.mapping_statistics(m.uuid)
-        except KeyError:
-            return None
-
-    def _settled(self, m: MappingRecord) -> Callable[[], None]:
-        def settled() -> None:
-            m.last_modified = self._clock()
-            self.store.put(m.row())
-
-        return settled
-
-    def _view(self, m: MappingRecord) -> MappingView:
-        stats = self._stats(m)
-        return MappingView(
-            uuid=m.uuid,
-            config=m.config,
-            state=m.state(stats, self._settled(m)),
-            state_transition_reason=USER_ACTION,
-            last_modified=m.last_modified,
-            function_arn=m.function_arn,
-            event_source_mapping_arn=re.sub(
-                r":function:.*$", f":event-source-mapping:{m.uuid}", m.function_arn
-            ),
-            last_processing_result=m.last_result(stats),
-            extras=dict(m.extras),
-            created_at=m.created_at,
-        )
 
     async def _settle_loop(self) -> None:
         """Moves settled mappings out of their transitional states (and stamps LastModified)."""

@@ -56,6 +56,7 @@ from ..policy._failures import (
     failure_report,
     parse_batch_response,
 )
+from ._failure_text import handler_traceback, retry_policy, span
 from ._lanes import Batch, Lane
 from ._ports import MappingIdentity, ShardHandle, StatusSink
 from ._settings import RetrySettings
@@ -233,7 +234,7 @@ class BatchRun:
                 shard.shard_id,
                 processor.function.name,
                 n,
-                _span(records),
+                span(records),
                 type(exc).__name__,
                 redact(str(exc)),  # an endpoint's error text may quote the request
             )
@@ -250,7 +251,7 @@ class BatchRun:
             problem = FUNCTION_CALL_FAILED
             if result.error_type in INIT_ERRORS:  # the function cannot start: say why
                 problem = f"{problem} ({result.error_type})"
-            self._problem(problem, records, detail, outcome, _traceback(result))
+            self._problem(problem, records, detail, outcome, handler_traceback(result))
             return outcome
         if self.windowed and (reason := self.window_problem(result.payload)) is not None:
             counters.failed_invoke_events += n
@@ -296,7 +297,7 @@ class BatchRun:
         the handler's traceback, a retry in the line that gives its back-off (``_say_retry``)."""
         self.processor.status.processing_result(result)
         self.failures += 1
-        what = f"{result.removeprefix('PROBLEM: ')} on {len(records)} records {_span(records)}"
+        what = f"{result.removeprefix('PROBLEM: ')} on {len(records)} records {span(records)}"
         line = f"{self.processor.identity.uuid} {self.shard.shard_id}: {what} ({redact(detail)})"
         trace = redact(trace) if self.failures == 1 else ""
         if outcome == "retry":
@@ -322,26 +323,9 @@ class BatchRun:
             line,
             attempt,
             delay,
-            self._retry_policy(),
+            retry_policy(self.processor.config, self.plan.current),
             trace,
         )
-
-    def _retry_policy(self) -> str:
-        """What a failing range meets next, in Lambda's parameters."""
-        cfg, current = self.processor.config, self.plan.current
-        age = cfg.maximum_record_age_in_seconds
-        until_old = f"the records are older than {age}s (MaximumRecordAgeInSeconds)"
-        limit = cfg.maximum_retry_attempts
-        if limit < 0:
-            if age < 0:
-                return (
-                    "retrying until it succeeds or the records expire from the stream "
-                    "(MaximumRetryAttempts -1, MaximumRecordAgeInSeconds -1: forever)"
-                )
-            return f"retrying until it succeeds or {until_old}"
-        left = limit - (current.errors if current is not None else 0) + 1
-        retries = f"{left} of {limit} retries left (MaximumRetryAttempts)"
-        return retries if age < 0 else f"{retries}, or until {until_old}"
 
     async def discard(self, discard: Discard) -> bool:
         """Report (or drop) discarded records; False if the shard stopped before that."""
@@ -349,7 +333,7 @@ class BatchRun:
         uuid_, identity = processor.identity.uuid, processor.identity
         records = self.batch.records[discard.start : discard.end]
         n, shard_id, now = len(records), shard.shard_id, wall_clock()
-        what = f"{n} records {_span(records)} of {shard_id} ({discard.condition})"
+        what = f"{n} records {span(records)} of {shard_id} ({discard.condition})"
         destination = self.processor.destination
         if destination is None:
             counters.dropped_events += n
@@ -399,20 +383,3 @@ class BatchRun:
             counters.on_failure_delivered_events += n
             log.warning("%s: discarded %s; reported to %s", uuid_, what, destination.target)
             return True
-
-
-def _span(records: Sequence[Record]) -> str:
-    return f"{records[0].record_id}..{records[-1].record_id}"
-
-
-def _traceback(result: InvokeResult) -> str:
-    """The handler's traceback, for the log: the frames a callable reported, else those of the
-    error document (Lambda's ``stackTrace``) of the other targets; "" without frames."""
-    frames = result.stack_trace
-    if frames is None and isinstance(result.payload, dict):
-        trace = result.payload.get("stackTrace")
-        frames = [str(f) for f in trace] if isinstance(trace, list) else None
-    if not frames:
-        return ""
-    body = "".join(frame if frame.endswith("\n") else f"{frame}\n" for frame in frames)
-    return f"\nTraceback (most recent call last):\n{body}{result.error_message}"

@@ -1,6 +1,6 @@
 """Leases in DynamoDB through aiobotocore: a `LeaseStore` (see kinesis_esm.leases).
 
-One table, created on first start if missing (on-demand billing). Hash key `mappingUuid`, range
+One table, created on first start if missing (``_dynamodb_table``). Hash key `mappingUuid`, range
 key `leaseKey`: a shard id for a lease row, ``worker#<id>`` for a worker row, so one Query
 reads a mapping's whole fleet. Lease rows carry KCL's attributes (leaseOwner, leaseCounter,
 checkpoint, checkpointSubSequenceNumber, parentShardIds, ownerSwitchesSinceCheckpoint) plus
@@ -15,143 +15,24 @@ the coordinator sends them with renewals (at most one write per lease per renewa
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import anyio
 from aiobotocore.session import get_session
 from botocore.config import Config
-from botocore.exceptions import ClientError, NoCredentialsError
 
 from ..leases._model import Checkpoint, Conflict, FleetSnapshot, Lease, LeaseLoad, WorkerRecord
-from ..leases._store import (
-    LeaseStoreError,
-    LeaseStoreThrottledError,
-    LeaseStoreUnavailableError,
-    LeaseTableAccessDeniedError,
-)
+from ..leases._store import LeaseStoreError, LeaseStoreThrottledError
+from ._dynamodb_items import _lease_from_item, _number, _Update, _value
+from ._dynamodb_table import _ConditionFailed, _map_error, ensure_lease_table
 
 __all__ = ["DynamoDBLeaseStore"]
 
 _WORKER_PREFIX = "worker#"
 _MAPPINGS = "#mappings"  # the hash key of the mapping rows: a mapping's fleet-wide start time
-_THROTTLE_CODES = frozenset(
-    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
-)
-_ACCESS_CODES = frozenset(
-    {"AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException"}
-)
-_ACTIONS = ", ".join(
-    f"dynamodb:{action}"
-    for action in [
-        "DescribeTable",
-        "CreateTable",
-        "GetItem",
-        "PutItem",
-        "UpdateItem",
-        "DeleteItem",
-        "Query",
-        "BatchWriteItem",
-    ]
-)
-_KEYS = (("mappingUuid", "HASH"), ("leaseKey", "RANGE"))
 _MAX_PAGES = 10_000
 _BATCH = 25  # BatchWriteItem's limit
-
-
-def _value(value: str | float) -> dict[str, str]:
-    if isinstance(value, str):
-        return {"S": value}
-    return {"N": str(value) if isinstance(value, int) else f"{value:.3f}"}
-
-
-def _number(item: dict[str, Any], name: str) -> float:
-    return float(item[name]["N"]) if name in item else 0.0
-
-
-def _text(item: dict[str, Any], name: str) -> str | None:
-    return str(item[name]["S"]) if name in item else None
-
-
-def _lease_from_item(item: dict[str, Any]) -> Lease:
-    sequence = _text(item, "checkpoint")
-    checkpoint = None
-    if sequence is not None:
-        checkpoint = Checkpoint(sequence, int(_number(item, "checkpointSubSequenceNumber")))
-    return Lease(
-        mapping_uuid=item["mappingUuid"]["S"],
-        shard_id=item["leaseKey"]["S"],
-        owner=_text(item, "leaseOwner"),
-        counter=int(_number(item, "leaseCounter")),
-        checkpoint=checkpoint,
-        parent_shard_ids=tuple(sorted(item.get("parentShardIds", {}).get("SS", ()))),
-        handoff_target=_text(item, "handoffTarget"),
-        owner_switches=int(_number(item, "ownerSwitchesSinceCheckpoint")),
-        load=LeaseLoad(
-            max(0.0, _number(item, "recordsPerSecond")), max(0.0, _number(item, "bytesPerSecond"))
-        ),
-    )
-
-
-class _Update:
-    """An UpdateExpression with its condition and placeholders, built clause by clause."""
-
-    def __init__(self) -> None:
-        self.sets: list[str] = []
-        self.removes: list[str] = []
-        self.condition = ""
-        self.values: dict[str, str | float] = {"one": 1, "zero": 0}
-
-    def set(self, attribute: str, expression: str, **values: str | float) -> _Update:
-        self.sets.append(f"{attribute} = {expression}")
-        self.values.update(values)
-        return self
-
-    def remove(self, attribute: str) -> _Update:
-        self.removes.append(attribute)
-        return self
-
-    def where(self, condition: str, **values: str | float) -> _Update:
-        self.condition = condition
-        self.values.update(values)
-        return self
-
-    def held_by(self, lease: Lease) -> _Update:
-        """The fencing condition: the row still has the owner and counter `lease` has."""
-        if lease.owner is None:
-            return self.where(
-                "attribute_not_exists(leaseOwner) AND leaseCounter = :seen", seen=lease.counter
-            )
-        return self.where(
-            "leaseOwner = :owner AND leaseCounter = :seen", owner=lease.owner, seen=lease.counter
-        )
-
-    def checkpoint(self, checkpoint: Checkpoint | None, switches_after: int) -> bool:
-        if checkpoint is not None:
-            self.set("checkpoint", ":cp", cp=checkpoint.sequence)
-            self.set("checkpointSubSequenceNumber", ":sub", sub=checkpoint.sub_sequence)
-            self.set("ownerSwitchesSinceCheckpoint", ":sw", sw=switches_after)
-        return checkpoint is not None
-
-    def owner_switched(self) -> None:
-        self.set(
-            "ownerSwitchesSinceCheckpoint",
-            "if_not_exists(ownerSwitchesSinceCheckpoint, :zero) + :one",
-        )
-
-    def params(self) -> dict[str, Any]:
-        expression = "SET " + ", ".join(self.sets)
-        if self.removes:
-            expression += " REMOVE " + ", ".join(self.removes)
-        params: dict[str, Any] = {"UpdateExpression": expression}
-        if self.condition:
-            params["ConditionExpression"] = self.condition
-        named = set(re.findall(r":(\w+)", expression + " " + self.condition))
-        params["ExpressionAttributeValues"] = {
-            f":{name}": _value(value) for name, value in self.values.items() if name in named
-        }
-        return params
 
 
 class DynamoDBLeaseStore:
@@ -217,53 +98,12 @@ class DynamoDBLeaseStore:
             await stack.aclose()
 
     async def ensure_table(self) -> None:
-        try:
-            table = await self._describe()
-        except LeaseStoreError as error:
-            if error.code != "ResourceNotFoundException":
-                raise
-            if not self.create_table:
-                raise LeaseStoreError(
-                    f"the lease table {self.table!r} does not exist and create_table is off",
-                    code=error.code,
-                ) from error
-            table = await self._create()
-        keys = tuple((k["AttributeName"], k["KeyType"]) for k in table.get("KeySchema", ()))
-        if sorted(keys) != sorted(_KEYS):
-            raise LeaseStoreError(
-                f"the table {self.table!r} exists but is not a kinesis-esm lease table: its key "
-                f"schema is {keys}, expected mappingUuid (HASH) and leaseKey (RANGE)"
-            )
-        with anyio.move_on_after(self.table_ready_timeout):
-            while table.get("TableStatus") != "ACTIVE":
-                await anyio.sleep(0.5)
-                table = await self._describe()
-            return
-        raise LeaseStoreUnavailableError(
-            f"the lease table {self.table!r} was not ACTIVE within {self.table_ready_timeout} s"
+        await ensure_lease_table(
+            self._call,
+            self.table,
+            create=self.create_table,
+            ready_timeout=self.table_ready_timeout,
         )
-
-    async def _describe(self) -> dict[str, Any]:
-        table: dict[str, Any] = (await self._call("describe_table", TableName=self.table))["Table"]
-        return table
-
-    async def _create(self) -> dict[str, Any]:
-        try:
-            answer = await self._call(
-                "create_table",
-                TableName=self.table,
-                BillingMode="PAY_PER_REQUEST",
-                KeySchema=[{"AttributeName": name, "KeyType": kind} for name, kind in _KEYS],
-                AttributeDefinitions=[
-                    {"AttributeName": name, "AttributeType": "S"} for name, _ in _KEYS
-                ],
-            )
-        except LeaseStoreError as error:
-            if error.code != "ResourceInUseException":  # another worker created it just now
-                raise
-            return await self._describe()
-        description: dict[str, Any] = answer["TableDescription"]
-        return description
 
     # The LeaseStore protocol.
 
@@ -464,37 +304,3 @@ class DynamoDBLeaseStore:
                 return answer
         except Exception as exc:
             raise _map_error(exc, operation, self.table) from exc
-
-
-class _ConditionFailed(LeaseStoreError):
-    def __init__(self, message: str, item: dict[str, Any] | None) -> None:
-        super().__init__(message, code="ConditionalCheckFailedException")
-        self.item = item
-
-
-def _map_error(exc: BaseException, operation: str, table: str) -> LeaseStoreError:
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        message = f"DynamoDB {operation} on {table!r}: {code}: {error.get('Message', '')}"
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code == "ConditionalCheckFailedException":
-            return _ConditionFailed(message, exc.response.get("Item"))
-        if code in _THROTTLE_CODES or status == 429:
-            return LeaseStoreThrottledError(message, code=code)
-        if code in _ACCESS_CODES or status == 403:
-            return LeaseTableAccessDeniedError(
-                f"{message}. Each worker needs {_ACTIONS} on table/{table} "
-                "(docs/leases.md has the IAM policy)",
-                code=code,
-            )
-        if status >= 500 or status == 0:
-            return LeaseStoreUnavailableError(message, code=code)
-        return LeaseStoreError(message, code=code)
-    if isinstance(exc, NoCredentialsError):
-        return LeaseTableAccessDeniedError(f"DynamoDB {operation}: no AWS credentials found")
-    if isinstance(exc, TimeoutError):
-        return LeaseStoreUnavailableError(f"DynamoDB {operation} on {table!r}: timed out")
-    return LeaseStoreUnavailableError(
-        f"DynamoDB {operation} on {table!r}: {type(exc).__name__}: {exc}"
-    )

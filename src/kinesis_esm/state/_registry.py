@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..leases import LeaseStoreError
-from ._dynamodb import DynamoDBLeaseStore, _ConditionFailed
+from ._dynamodb import DynamoDBLeaseStore
+from ._dynamodb_table import _ConditionFailed
 from ._mappings import StoredMapping
 
 __all__ = ["MappingRegistry", "RegistryConflict", "RegistryRow"]

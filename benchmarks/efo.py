@@ -40,8 +40,9 @@ from kinesis_esm import KinesisSource, Record
 from kinesis_esm.source import IteratorPosition
 from kinesis_esm.source._consumers import FanOutClient
 from kinesis_esm.source._eventstream import EventStreamDecoder, encode_message
-from kinesis_esm.source._kinesis import SigV4, _records_from_raw
-from kinesis_esm.source._subscribe import parse_subscribe_event
+from kinesis_esm.source._kinesis import _records_from_raw
+from kinesis_esm.source._sigv4 import SigV4
+from kinesis_esm.source._subscribe_events import parse_subscribe_event
 
 from .harness import (
     RESULTS_DIR,

@@ -25,7 +25,7 @@ from kinesis_esm import KinesisSource, build_event
 from kinesis_esm._errors import SourceError, TransientSourceError
 from kinesis_esm.events._lambda import EventSource
 from kinesis_esm.source import IteratorPosition
-from kinesis_esm.source._kinesis import SigV4
+from kinesis_esm.source._sigv4 import SigV4
 from tests.support.emulators import Kinesalite
 from tests.support.kinesis import create_stream, kinesis_client, put_records
 

@@ -49,9 +49,9 @@ from kinesis_esm.source._eventstream import (
     HeaderValue,
     encode_message,
 )
-from kinesis_esm.source._subscribe import (
+from kinesis_esm.source._subscribe import ShardSubscriber
+from kinesis_esm.source._subscribe_events import (
     ConsumerNotFoundError,
-    ShardSubscriber,
     SubscribeSettings,
     SubscriptionEvent,
     SubscriptionInUseError,

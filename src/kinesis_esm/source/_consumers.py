@@ -24,14 +24,11 @@ from botocore.config import Config
 from botocore.exceptions import NoCredentialsError
 
 from .._errors import SourceError, StreamNotFoundError, ThrottledError, TransientSourceError
-from ._kinesis import SigV4, _client_error, map_error
+from ._kinesis import _client_error, map_error
 from ._protocol import IteratorPosition
-from ._subscribe import (
-    ConsumerNotFoundError,
-    ShardSubscriber,
-    SubscribeSettings,
-    map_subscribe_error,
-)
+from ._sigv4 import SigV4
+from ._subscribe import ShardSubscriber
+from ._subscribe_events import ConsumerNotFoundError, SubscribeSettings, map_subscribe_error
 
 __all__ = [
     "ConsumerArn",

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 import anyio
 
@@ -37,7 +36,7 @@ from ._ports import (
     ShardWindowing,
     StatusSink,
 )
-from ._readers import poll_shard, subscribe_shard
+from ._readers import poll_shard, read_statistics, subscribe_shard
 from ._settings import PollSettings
 
 __all__ = ["ShardConsumer"]
@@ -390,16 +389,5 @@ class ShardConsumer:
             millis_behind_latest=self.millis_behind_latest,
             records_polled=self.records_polled,
             records_invoked=self.records_invoked,
-            **self._read_statistics(),
+            **read_statistics(self.consumer_arn, self.subscriber),
         )
-
-    def _read_statistics(self) -> dict[str, Any]:
-        subscriber = self.subscriber
-        if subscriber is None:
-            return {"read_mode": "subscribe" if self.consumer_arn else "polling"}
-        stats = subscriber.statistics()
-        return {
-            "read_mode": "subscribe",
-            "subscription_age_s": stats.subscription_age,
-            "resubscriptions": stats.resubscriptions,
-        }

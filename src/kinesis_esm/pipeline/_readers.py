@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ._ports import MappingIdentity
     from ._settings import PollSettings
 
-__all__ = ["poll_shard", "subscribe_shard"]
+__all__ = ["poll_shard", "read_statistics", "subscribe_shard"]
 
 log = logging.getLogger("kinesis_esm.shard")
 
@@ -182,3 +182,15 @@ async def _confirm_end(consumer: ShardConsumer) -> GetRecordsResult | None:
     if result.next_iterator is None or _read_to_listed_end(consumer, result):
         return result
     return None
+
+
+def read_statistics(consumer_arn: str | None, subscriber: ShardSubscriber | None) -> dict[str, Any]:
+    """How a shard is read, for its statistics: polling, or a subscription (age, resubscribes)."""
+    if subscriber is None:
+        return {"read_mode": "subscribe" if consumer_arn else "polling"}
+    stats = subscriber.statistics()
+    return {
+        "read_mode": "subscribe",
+        "subscription_age_s": stats.subscription_age,
+        "resubscriptions": stats.resubscriptions,
+    }

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
-from benchmarks import throughput
+from benchmarks import efo, throughput
 from benchmarks.contenders import CONTENDERS
 from benchmarks.replay import ReplayServer, StreamSpec
 from botocore.auth import SigV4Auth
@@ -26,7 +27,7 @@ from kinesis_esm._errors import SourceError, TransientSourceError
 from kinesis_esm.events._lambda import EventSource
 from kinesis_esm.source import IteratorPosition
 from kinesis_esm.source._sigv4 import SigV4
-from tests.support.emulators import Kinesalite
+from tests.support.emulators import Kinesalite, KinesisMock
 from tests.support.kinesis import create_stream, kinesis_client, put_records
 
 pytestmark = pytest.mark.timeout(60)
@@ -158,3 +159,28 @@ def test_sigv4_signs_exactly_as_botocore(url: str, token: str | None) -> None:
         SigV4Auth(credentials, "kinesis", "eu-west-1").add_auth(request)
     assert ours["authorization"] == request.headers["Authorization"]
     assert ours["x-amz-date"] == request.headers["X-Amz-Date"]
+
+
+def test_efo_engine_drain_reads_every_record_by_subscription_and_by_polling(
+    kinesis_mock: KinesisMock,
+) -> None:
+    drain = efo.measure_drain(kinesis_mock.endpoint_url, shards=1, count=200, rounds=1)
+    assert set(drain) == {"efo", "polling"}
+    for result in drain.values():
+        assert result["records"] == 200
+        assert 0 < result["first_record_s"] <= result["seconds"]
+        assert result["cpu_us_per_record"] > 0
+        assert math.isfinite(result["marginal_cpu_us_per_record"])
+    table = "\n".join(efo._drain_markdown(drain, {}))
+    assert "| efo | 200 |" in table
+    assert "| polling | 200 |" in table
+
+
+def test_efo_engine_latency_times_every_record_of_each_mapping(kinesis_mock: KinesisMock) -> None:
+    latencies = efo.measure_engine_latency(
+        kinesis_mock.endpoint_url, rate=20, duration=1.0, shards=1
+    )
+    assert set(latencies) == set(efo.ENGINE_KEYS)
+    for values in latencies.values():
+        assert len(values) == 20  # a record per 50 ms tick, each timed once
+        assert all(0 < value < 5 for value in values)

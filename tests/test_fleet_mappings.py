@@ -84,6 +84,18 @@ async def list_of(client: Any) -> dict[str, dict[str, Any]]:
     return result
 
 
+async def settled(client: Any, uid: str) -> None:
+    """Wait (bounded) until the worker behind ``client`` has finished applying the mapping's
+    last change: as on Lambda, a change to a mapping still Creating or Updating is refused
+    with ResourceInUseException, so a client waits for Enabled or Disabled first."""
+
+    async def done() -> bool:
+        mapping = (await list_of(client)).get(uid)
+        return mapping is not None and mapping["State"] in ("Enabled", "Disabled")
+
+    await wait_for(done, BOUND, interval=0.2, message=f"mapping {uid} settled")
+
+
 def comparable(mapping: dict[str, Any]) -> dict[str, Any]:
     """A listed mapping without what each worker stamps on its own (state, times, results)."""
     volatile = {"State", "LastModified", "LastProcessingResult", "StateTransitionReason"}
@@ -137,6 +149,7 @@ async def test_create_update_delete_through_either_worker_reach_the_other(
             assert [s for s, n in counts.items() if n > 1] == []
 
             # an update on b reaches a, same UUID
+            await settled(client_b, uid)
             await call(client_b.update_event_source_mapping, UUID=uid, BatchSize=7)
 
             async def batch_size_on_a() -> bool:
@@ -148,6 +161,7 @@ async def test_create_update_delete_through_either_worker_reach_the_other(
             assert (got["UUID"], got["BatchSize"]) == (uid, 7)
 
             # disabling on a reaches b
+            await settled(client_a, uid)
             await call(client_a.update_event_source_mapping, UUID=uid, Enabled=False)
 
             async def disabled_on_b() -> bool:
@@ -157,6 +171,7 @@ async def test_create_update_delete_through_either_worker_reach_the_other(
             await wait_for(disabled_on_b, BOUND, interval=0.2, message="Disabled on b")
 
             # a delete on a: gone on b
+            await settled(client_a, uid)
             await call(client_a.delete_event_source_mapping, UUID=uid)
 
             async def gone_on_b() -> bool:
@@ -190,6 +205,7 @@ async def test_an_api_change_of_a_config_file_mapping_reaches_every_worker_decla
             uids = [sorted(await list_of(c)) for c in (client_a, client_b)]
             assert len(uids[0]) == 1 and uids[0] == uids[1]  # stable_uuid: the same on both
             uid = uids[0][0]
+            await settled(client_a, uid)
             await call(client_a.update_event_source_mapping, UUID=uid, BatchSize=25)
 
             async def batch_size_on_b() -> bool:
@@ -197,6 +213,7 @@ async def test_an_api_change_of_a_config_file_mapping_reaches_every_worker_decla
                 return mapping is not None and mapping["BatchSize"] == 25
 
             await wait_for(batch_size_on_b, BOUND, interval=0.2, message="BatchSize 25 on b")
+            await settled(client_b, uid)
             await call(client_b.delete_event_source_mapping, UUID=uid)
 
             async def gone_on_a() -> bool:

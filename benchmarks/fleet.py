@@ -1,8 +1,9 @@
-"""A fleet's two published figures: failover time after kill -9, and the lease table's
-requests per lease per second at steady state.
+"""A fleet's published figures: failover time after kill -9, the lease table's requests per
+lease per second at steady state, and scale-out from one worker process to two.
 
-``python -m benchmarks.fleet [--quick|--full] [--failover-time 3]``: about a minute (--quick:
-two kills and short windows, under a minute).
+``python -m benchmarks fleet [--quick|--full] [--failover-time 3] [--only SECTION]``: a few
+minutes (--quick: two kills, short windows, two pairs of scale-out runs); ``--only failover``,
+``requests`` or ``scale-out`` runs one section and writes ``fleet-<section>`` results.
 
 **Failover** (`kinesis-esm run` workers, Kinesis from moto, leases in dynalite, records
 produced continuously, 8 shards): three workers; per repetition the fleet settles, one worker
@@ -18,11 +19,19 @@ a window at steady state, per lease per second, at about 1 record/s per shard (m
 producer) and at the highest rate the consumer drains (the replay server). Checkpoints ride on
 renewals, so the two should match: 3 (L + 1) / F UpdateItem (renewals, the heartbeat) and
 2 / F Query pages (take rounds) per second, with the timers' early jitter (up to 20 %) on top.
+
+**Scale-out** (`kinesis-esm run` workers, the replay server's 16-shard stream, leases in
+dynalite): one worker, then two, each pinned to its own core, drain the stream from
+TRIM_HORIZON; records delivered over a window once the leases have settled (batches are held
+while they settle). Interleaved runs, medians, the ratio against the goal of 1.7x. On a 2-core
+machine the replay server and dynalite run unpinned beside the workers: with two workers they
+take their CPU from the workers' cores, which bounds the ratio below 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import tempfile
 import time
@@ -38,7 +47,17 @@ from kinesis_esm import Engine, EventSourceMappingConfig, KinesisConfig, PollSet
 from kinesis_esm.config import CoordinationConfig
 from kinesis_esm.state import MemoryCheckpointStore
 
-from .harness import RESULTS_DIR, Progress, Report, median, prepare_environment, run
+from .harness import (
+    RESULTS_DIR,
+    Progress,
+    Report,
+    median,
+    pin_process,
+    prepare_environment,
+    ratio,
+    run,
+)
+from .replay import ReplayServer, StreamSpec
 
 __all__ = ["main"]
 
@@ -234,6 +253,241 @@ async def _high_rate(dynamodb: str, failover_time: float, window: float) -> Requ
         )
 
 
+# Scale-out: one worker process against two, draining the same replay-server stream.
+
+COUNT_DIR_ENV = "ESM_BENCH_COUNT_DIR"
+COUNT_MODULE = "esm_fleet_count"
+SCALE_SHARDS = 16
+SCALE_BATCH = 2500  # its buffer (4 batches) lets every GetRecords take 10,000
+SCALE_FAILOVER_TIME = 2.0  # take interval 1 s: settles sooner; at 1 s a busy worker lost leases
+SECTIONS = ("failover", "requests", "scale-out")
+SCALE_GOAL = 1.7
+SCALE_PROFILES = {  # repetitions of each fleet size, window (s), records per shard
+    "quick": (2, 2.0, 150_000),
+    "default": (3, 3.0, 200_000),
+    "full": (5, 5.0, 250_000),
+}
+# The handler: one O_APPEND write of the batch's record count per invocation, to a file per
+# worker process; it runs in the worker's event loop (isolation "none"), so the figure is the
+# engine's own cost. While the gate file exists (the leases settling) each batch waits 1 s,
+# so the stream is not drained before the window opens; the wait does not hold a hand-off long.
+_COUNT_HANDLER = """\
+import asyncio
+import os
+
+_path = os.path.join(os.environ["ESM_BENCH_COUNT_DIR"], str(os.getpid()))
+_fd = os.open(_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+_gate = os.path.join(os.environ["ESM_BENCH_COUNT_DIR"], os.pardir, "gate")
+
+
+async def handler(event, context):
+    if os.path.exists(_gate):
+        await asyncio.sleep(1.0)
+    os.write(_fd, b"%d\\n" % len(event["Records"]))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleRun:
+    workers: int
+    records: int  # delivered within the window
+    seconds: float
+    worker_cpu: list[float]  # each worker's CPU seconds over the window / the window
+    server_cpu: float  # the replay server's, the same way
+    drained: bool  # the stream ran dry before the window closed: the rate is a floor
+    leases_lost: int = 0  # "the lease was lost" lines in the workers' logs, over the whole run
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds
+
+    @property
+    def valid(self) -> bool:
+        """Neither a stream that ran dry nor a window in which nothing was delivered."""
+        return self.records > 0 and not self.drained
+
+
+def _delivered(directory: Path) -> int:
+    total = 0
+    for path in directory.iterdir():
+        total += sum(
+            int(line)
+            for line in path.read_bytes().splitlines(keepends=True)
+            if line.endswith(b"\n")
+        )
+    return total
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of a process and its reaped children (/proc/<pid>/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return float("nan")
+    ticks = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _even(fleet: Any, shards: int) -> Any:
+    """True once every worker owns its even share of the leases and no hand-off is pending."""
+    names = set(fleet.workers)
+    low, extra = divmod(shards, len(names))
+    even = sorted([low + 1] * extra + [low] * (len(names) - extra))
+
+    async def check() -> bool:
+        try:
+            leases = await fleet.leases()
+        except Exception:  # the table may not exist yet
+            return False
+        held = Counter(lease.owner for lease in leases)
+        pending = any(lease.handoff_target for lease in leases)
+        return set(held) == names and sorted(held.values()) == even and not pending
+
+    return check
+
+
+def _cpus_for(workers: int) -> list[int | None]:
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return [cpus[i] if len(cpus) >= workers else None for i in range(workers)]
+
+
+def _count_config(
+    kinesis: str, workdir: Path, name: str, arn: str, settings: dict[str, object]
+) -> str:
+    from tests.support.fleet import FUNCTION
+
+    lines = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in settings.items())
+    return f"""\
+[kinesis]
+endpoint_url = "{kinesis}"
+region = "{REGION}"
+
+[state]
+path = "{workdir / f"{name}.db"}"
+
+[control]
+port = 0
+
+[coordination]
+{lines}
+[functions.{FUNCTION}]
+handler = "{COUNT_MODULE}:handler"
+timeout = 60
+isolation = "none"
+
+[[event_source_mappings]]
+function_name = "{FUNCTION}"
+event_source_arn = "{arn}"
+starting_position = "TRIM_HORIZON"
+batch_size = {SCALE_BATCH}
+"""
+
+
+async def measure_scale_out(
+    server: ReplayServer,
+    spec: StreamSpec,
+    dynamodb: str,
+    workdir: Path,
+    workers: int,
+    failover_time: float,
+    window: float,
+) -> ScaleRun:
+    """`workers` kinesis-esm run processes, each pinned to its own core, drain the stream from
+    TRIM_HORIZON into a fresh lease table; once the leases have settled, the records delivered
+    over `window` seconds."""
+    from tests.support.fleet import Fleet, Worker, spawn
+    from tests.support.kinesis import wait_for
+
+    run_dir = workdir / f"scale-{uuid.uuid4().hex[:8]}"
+    counts = run_dir / "counts"
+    counts.mkdir(parents=True)
+    gate = run_dir / "gate"
+    gate.touch()
+    (run_dir / f"{COUNT_MODULE}.py").write_text(_COUNT_HANDLER)
+    table = f"fleet-scale-{uuid.uuid4().hex[:8]}"
+    fleet = Fleet(run_dir, server.url, dynamodb, table, spec.arn, failover_time=failover_time)
+    os.environ[COUNT_DIR_ENV] = str(counts)  # spawn passes this process's environment on
+    try:
+        for name, cpu in zip(
+            [f"w{i + 1}" for i in range(workers)], _cpus_for(workers), strict=True
+        ):
+            settings: dict[str, object] = {
+                "backend": "dynamodb",
+                "table": table,
+                "worker_id": name,
+                "failover_time": failover_time,
+                "endpoint_url": dynamodb,
+                "region": REGION,
+            }
+            config = run_dir / f"{name}.toml"
+            config.write_text(_count_config(server.url, run_dir, name, spec.arn, settings))
+            output = run_dir / f"{name}.out"
+            process = spawn(run_dir, config, output, run_dir / "unused.log", run_dir / "no.block")
+            pin_process(process.pid, cpu)  # before its threads start: they inherit the core
+            fleet.workers[name] = Worker(name, process, output, run_dir / "no.block")
+        try:
+            await wait_for(_even(fleet, spec.shards), 60, 0.2, "leases")
+        except TimeoutError as exc:
+            tails = "\n".join(w.output()[-1000:] for w in fleet.workers.values())
+            raise RuntimeError(f"the leases never settled; the workers said:\n{tails}") from exc
+        gate.unlink()
+        await anyio.sleep(1.5)  # the batches held at the gate are through
+        pids = [w.pid for w in fleet.workers.values()]
+        assert server._process is not None  # the benchmarks' own helper: its pid, for its CPU
+        server_pid = server._process.pid
+        first, began = _delivered(counts), time.monotonic()
+        cpu_before = [_cpu_seconds(pid) for pid in pids]
+        server_before = _cpu_seconds(server_pid)
+        await anyio.sleep(window)
+        last, seconds = _delivered(counts), time.monotonic() - began
+        worker_cpu = [
+            (_cpu_seconds(p) - c) / seconds for p, c in zip(pids, cpu_before, strict=True)
+        ]
+        server_cpu = (_cpu_seconds(server_pid) - server_before) / seconds
+        for worker in fleet.workers.values():
+            if worker.process.poll() is not None:
+                raise RuntimeError(f"worker {worker.name} exited: {worker.output()[-2000:]}")
+        lost = sum(w.output().count("the lease was lost") for w in fleet.workers.values())
+    finally:
+        fleet.stop_all()
+    # a shard that ran dry leaves its worker idle: 95 % of the stream is a safe margin
+    drained = last >= 0.95 * spec.total
+    return ScaleRun(workers, last - first, seconds, worker_cpu, server_cpu, drained, lost)
+
+
+def run_scale_out(
+    dynamodb: str,
+    workdir: Path,
+    failover_time: float,
+    profile: str,
+    progress: Progress | None = None,
+) -> list[ScaleRun]:
+    repetitions, window, per_shard = SCALE_PROFILES[profile]
+    spec = StreamSpec(SCALE_SHARDS, 100, per_shard)
+    runs: list[ScaleRun] = []
+    # unpinned: with one worker it has the other core to itself; with two it shares both
+    with ReplayServer() as server:
+        run(_build_stream(server.url, spec.name))
+        for rep in range(repetitions):
+            for workers in (1, 2) if rep % 2 == 0 else (2, 1):  # interleaved, order alternating
+                result = run(
+                    measure_scale_out(
+                        server, spec, dynamodb, workdir, workers, failover_time, window
+                    )
+                )
+                runs.append(result)
+                if progress is not None:
+                    progress.step(f"scale-out, {workers} worker(s): {result.rate:,.0f} records/s")
+    return runs
+
+
+async def _build_stream(url: str, name: str) -> None:
+    from tests.support.kinesis import kinesis_client
+
+    async with kinesis_client(url, read_timeout=300) as client:
+        await client.list_shards(StreamName=name)  # the server builds the records now
+
+
 # The report.
 
 
@@ -245,12 +499,120 @@ def formula(leases: int, failover_time: float) -> dict[str, float]:
     }
 
 
+def scale_rows(runs: list[ScaleRun]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for workers in (1, 2):
+        every = [r for r in runs if r.workers == workers]
+        mine = [r for r in every if r.valid]
+        cpu = ", ".join(f"{median([r.worker_cpu[i] for r in mine]):.0%}" for i in range(workers))
+        rows.append(
+            [
+                f"scale-out, {workers} worker process(es), median of {len(mine)} valid "
+                f"of {len(every)} runs",
+                f"{median([r.rate for r in mine]):,.0f} records/s",
+                f"worker CPU {cpu}; replay server CPU "
+                f"{median([r.server_cpu for r in mine]):.0%} of a core; leases lost "
+                f"{sum(r.leases_lost for r in every)}",
+            ]
+        )
+    rows.append(
+        [
+            "scale-out, 2 workers / 1 worker (median of interleaved pairs)",
+            f"{scale_ratio(runs):.2f}x",
+            f"goal >= {SCALE_GOAL}x",
+        ]
+    )
+    return rows
+
+
+def scale_ratio(runs: list[ScaleRun]) -> float:
+    """Median over repetitions of 2 workers' rate over 1 worker's; only pairs of valid runs."""
+    ones = [r for r in runs if r.workers == 1]
+    twos = [r for r in runs if r.workers == 2]
+    pairs = zip(ones, twos, strict=False)
+    return median([ratio(two.rate, one.rate) for one, two in pairs if one.valid and two.valid])
+
+
 def build_report(
-    kills: list[Kill], rates: list[RequestRate], failover_time: float, command: str
+    kills: list[Kill],
+    rates: list[RequestRate],
+    scale: list[ScaleRun],
+    failover_time: float,
+    command: str,
+    name: str = "fleet",
 ) -> Report:
+    rows = [["figure", "value", "against"]]
+    if kills:
+        rows += failover_rows(kills, failover_time)
+    for rate in rates:
+        rows += request_rows(rate, failover_time)
+    if scale:
+        rows += scale_rows(scale)
+    notes = []
+    if kills or rates:
+        notes.append(
+            f"failover_time = {failover_time:g} s (take interval {failover_time / 2:g} s, "
+            f"renewals every {failover_time / 3:.2f} s); leases in dynalite."
+        )
+    if kills:
+        notes += [
+            f"{len(kills)} kills of one of three `kinesis-esm run` workers on an "
+            f"{FAILOVER_SHARDS}-shard moto stream under load.",
+            "Failover of a kill: from kill -9 to the first invocation by another worker of the "
+            "last of the dead worker's shards (records log polled every 50 ms).",
+        ]
+    if rates:
+        notes += [
+            f"Requests: one worker holding all {REQUEST_SHARDS} leases of a mapping; every "
+            "DynamoDB call counted by a proxy over the window. Per lease figures include the "
+            "worker's heartbeat and take rounds spread over its leases.",
+            "Checkpoints ride on renewals: the rate does not grow with the record rate.",
+        ]
+    if scale:
+        notes += scale_notes(scale)
+    return Report(
+        name=name,
+        title="Fleet: failover after kill -9, lease-table requests per lease per second, scale-out",
+        command=command,
+        notes=notes,
+        data={
+            "failover_time": failover_time,
+            "kills": [_kill(k) for k in kills],
+            "requests": [_rate(r) for r in rates],
+            "formula_per_lease_second": formula(REQUEST_SHARDS, failover_time),
+            "scale_out": [_scale(r) for r in scale],
+            "scale_out_ratio": scale_ratio(scale) if scale else None,
+        },
+        table=rows,
+    )
+
+
+def scale_notes(runs: list[ScaleRun]) -> list[str]:
+    notes = [
+        f"Scale-out: `kinesis-esm run` workers (coordination backend dynamodb) drain one "
+        f"{SCALE_SHARDS}-shard replay-server stream of 100-byte records from TRIM_HORIZON, "
+        f"batch_size {SCALE_BATCH}, a handler inline (isolation none) that appends each batch's "
+        "count to a file; records counted over a window once the leases have settled; 1 and 2 "
+        "workers interleaved, a fresh lease table each run (failover_time "
+        f"{SCALE_FAILOVER_TIME:g} s, leases in dynalite). While the leases settle every batch "
+        "is held 1 s, so the stream is not drained before the window opens.",
+        f"Cores: {os.cpu_count()}. Each worker pinned to its own core; the replay server "
+        "(one process) and dynalite are not pinned: with one worker the server has the other "
+        "core nearly to itself, with two it takes its CPU from the workers' cores.",
+    ]
+    invalid = [r for r in runs if not r.valid]
+    if invalid:
+        notes.append(
+            f"{len(invalid)} run(s) left out of the medians and the ratio: the stream ran dry "
+            "before the window closed, or nothing was delivered in it."
+        )
+    return notes
+
+
+def failover_rows(kills: list[Kill], failover_time: float) -> list[list[str]]:
     slowest = [k.slowest for k in kills]
     bound = failover_time * 1.5
-    rows = [["figure", "value", "against"]]
+    rows: list[list[str]] = []
     rows.append(
         [
             "failover, median of kills (slowest shard)",
@@ -260,43 +622,24 @@ def build_report(
     )
     rows.append(["failover, max", f"{max(slowest):.2f} s", f"{bound:g} s + shard start"])
     rows.append(["first shard back, median", f"{median([k.fastest for k in kills]):.2f} s", ""])
+    return rows
+
+
+def request_rows(rate: RequestRate, failover_time: float) -> list[list[str]]:
     predicted = formula(REQUEST_SHARDS, failover_time)
-    for rate in rates:
-        for operation in ("UpdateItem", "Query", "GetItem"):
-            expected = predicted.get(operation)
-            rows.append(
-                [
-                    f"{operation}/lease/s, {rate.case}, "
-                    f"{rate.records_per_shard_second:,.0f} records/s per shard",
-                    f"{rate.per_lease_second(operation):.3f}",
-                    "" if expected is None else f"formula {expected:.3f} (+20 % jitter)",
-                ]
-            )
-        rows.append([f"all requests/lease/s, {rate.case}", f"{rate.per_lease_second():.3f}", ""])
-    return Report(
-        name="fleet",
-        title="Fleet: failover after kill -9, and lease-table requests per lease per second",
-        command=command,
-        notes=[
-            f"failover_time = {failover_time:g} s (take interval {failover_time / 2:g} s, renewals "
-            f"every {failover_time / 3:.2f} s); {len(kills)} kills of one of three "
-            f"`kinesis-esm run` workers on an {FAILOVER_SHARDS}-shard moto stream under load, "
-            "leases in dynalite.",
-            "Failover of a kill: from kill -9 to the first invocation by another worker of the "
-            "last of the dead worker's shards (records log polled every 50 ms).",
-            f"Requests: one worker holding all {REQUEST_SHARDS} leases of a mapping; every "
-            "DynamoDB call counted by a proxy over the window. Per lease figures include the "
-            "worker's heartbeat and take rounds spread over its leases.",
-            "Checkpoints ride on renewals: the rate does not grow with the record rate.",
-        ],
-        data={
-            "failover_time": failover_time,
-            "kills": [_kill(k) for k in kills],
-            "requests": [_rate(r) for r in rates],
-            "formula_per_lease_second": predicted,
-        },
-        table=rows,
-    )
+    rows: list[list[str]] = []
+    for operation in ("UpdateItem", "Query", "GetItem"):
+        expected = predicted.get(operation)
+        rows.append(
+            [
+                f"{operation}/lease/s, {rate.case}, "
+                f"{rate.records_per_shard_second:,.0f} records/s per shard",
+                f"{rate.per_lease_second(operation):.3f}",
+                "" if expected is None else f"formula {expected:.3f} (+20 % jitter)",
+            ]
+        )
+    rows.append([f"all requests/lease/s, {rate.case}", f"{rate.per_lease_second():.3f}", ""])
+    return rows
 
 
 def _kill(kill: Kill) -> dict[str, Any]:
@@ -320,6 +663,19 @@ def _rate(rate: RequestRate) -> dict[str, Any]:
     }
 
 
+def _scale(run: ScaleRun) -> dict[str, Any]:
+    return {
+        "workers": run.workers,
+        "records": run.records,
+        "seconds": run.seconds,
+        "records_per_second": run.rate,
+        "worker_cpu": run.worker_cpu,
+        "server_cpu": run.server_cpu,
+        "drained": run.drained,
+        "leases_lost": run.leases_lost,
+    }
+
+
 def main(argv: list[str] | None = None) -> Report:
     from tests.support.dynalite import Dynalite
     from tests.support.emulators import MotoServer
@@ -329,28 +685,53 @@ def main(argv: list[str] | None = None) -> Report:
     group.add_argument("--quick", action="store_const", const="quick", dest="profile")
     group.add_argument("--full", action="store_const", const="full", dest="profile")
     parser.add_argument("--failover-time", type=float, default=3.0)
+    parser.add_argument(
+        "--only",
+        choices=SECTIONS,
+        help="run one section; its report is fleet-<section> (fleet holds all three)",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
-    kills, window = PROFILES[args.profile or "default"]
+    profile = args.profile or "default"
+    kills, window = PROFILES[profile]
+    sections = [args.only] if args.only else list(SECTIONS)
     prepare_environment()
-    progress = Progress(3, "fleet")
+    progress = Progress(_steps(sections, profile), "fleet")
+    failovers: list[Kill] = []
+    rates: list[RequestRate] = []
+    scale: list[ScaleRun] = []
     with MotoServer() as moto, Dynalite() as dynalite, tempfile.TemporaryDirectory() as tmp:
-        failovers = run(
-            measure_failover(
-                moto.endpoint_url, dynalite.endpoint_url, Path(tmp), args.failover_time, kills
+        if "failover" in sections:
+            failovers = run(
+                measure_failover(
+                    moto.endpoint_url, dynalite.endpoint_url, Path(tmp), args.failover_time, kills
+                )
             )
-        )
-        progress.step(f"failover: {', '.join(f'{k.slowest:.1f}s' for k in failovers)}")
-        low = run(_low_rate(moto.endpoint_url, dynalite.endpoint_url, args.failover_time, window))
-        progress.step(f"requests at {low.records_per_shard_second:.1f} rec/s/shard")
-        high = run(_high_rate(dynalite.endpoint_url, args.failover_time, window))
-        progress.step(f"requests at {high.records_per_shard_second:,.0f} rec/s/shard")
+            progress.step(f"failover: {', '.join(f'{k.slowest:.1f}s' for k in failovers)}")
+        if "requests" in sections:
+            low = run(
+                _low_rate(moto.endpoint_url, dynalite.endpoint_url, args.failover_time, window)
+            )
+            progress.step(f"requests at {low.records_per_shard_second:.1f} rec/s/shard")
+            high = run(_high_rate(dynalite.endpoint_url, args.failover_time, window))
+            progress.step(f"requests at {high.records_per_shard_second:,.0f} rec/s/shard")
+            rates = [low, high]
+        if "scale-out" in sections:
+            scale = run_scale_out(
+                dynalite.endpoint_url, Path(tmp), SCALE_FAILOVER_TIME, profile, progress
+            )
     progress.close()
     command = " ".join(["python -m benchmarks fleet", *(argv or [])])
-    report = build_report(failovers, [low, high], args.failover_time, command)
+    name = "fleet" if len(sections) == len(SECTIONS) else f"fleet-{sections[0]}"
+    report = build_report(failovers, rates, scale, args.failover_time, command, name)
     for path in report.write(args.results_dir):
         print(path)
     return report
+
+
+def _steps(sections: list[str], profile: str) -> int:
+    steps = {"failover": 1, "requests": 2, "scale-out": 2 * SCALE_PROFILES[profile][0]}
+    return sum(steps[section] for section in sections)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,27 @@ class _EnvironmentFunction:
     input: Literal["event", "records"] = "event"  # environments take the event
     enforces_timeout = True  # invoke() never outlives the timeout (plus init, when it starts one)
 
+    def _start_pool(
+        self,
+        variables: Callable[[str], dict[str, str]],
+        name: str,
+        max_environments: int,
+        logger: logging.Logger,
+        init_timeout: float,
+    ) -> None:
+        variables("check")  # bad variables fail here, not in the first invocation
+        self._variables = variables
+        self._pool = EnvironmentPool(
+            self._environment,
+            name=name,
+            max_environments=max_environments,
+            logger=logger,
+            stop_grace=self.timeout + init_timeout + STOP_MARGIN,
+        )
+
+    def _environment(self, number: int) -> Any:
+        raise NotImplementedError
+
     def _setup(
         self,
         name: str,
@@ -224,15 +245,7 @@ class ProcessFunction(_EnvironmentFunction):
                 execution_env=f"AWS_Lambda_python{version}",
             )
 
-        variables("check")  # bad variables fail here, not in the first invocation
-        self._variables = variables
-        self._pool = EnvironmentPool(
-            self._environment,
-            name=name,
-            max_environments=max_environments,
-            logger=logger,
-            stop_grace=self.timeout + init_timeout + STOP_MARGIN,
-        )
+        self._start_pool(variables, name, max_environments, logger, init_timeout)
 
     def _environment(self, number: int) -> ProcessEnvironment:
         # one log stream per environment, as on Lambda
@@ -303,15 +316,7 @@ class RuntimeFunction(_EnvironmentFunction):
                 user=user,
             )
 
-        variables("check")  # bad variables fail here, not in the first invocation
-        self._variables = variables
-        self._pool = EnvironmentPool(
-            self._environment,
-            name=name,
-            max_environments=max_environments,
-            logger=logger,
-            stop_grace=self.timeout + init_timeout + STOP_MARGIN,
-        )
+        self._start_pool(variables, name, max_environments, logger, init_timeout)
 
     def _environment(self, number: int) -> RuntimeEnvironment:
         variables = self._variables(log_stream_name())

@@ -30,6 +30,7 @@ from kinesis_esm.functions._environments import (
 )
 from kinesis_esm.functions._pool import SpawnBackoff
 from tests.support.kinesis import wait_for
+from tests.support.processes import alive
 
 pytestmark = pytest.mark.anyio
 
@@ -59,16 +60,6 @@ async def make(tmp_path: Path) -> AsyncIterator[Factory]:
     with anyio.fail_after(30):
         for function in created:
             await function.aclose()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead too: only its exit status is left
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(")")[-1].split()[0] != "Z"
 
 
 async def _invoke_all(function: ProcessFunction, count: int) -> list[Any]:
@@ -331,7 +322,7 @@ async def test_a_crash_is_an_exit_error_and_the_environment_is_replaced(
     )
     assert after.ok, after
     assert after.payload != before.payload  # a new environment
-    assert not _alive(before.payload)
+    assert not alive(before.payload)
     stats = function.statistics()
     assert stats.crashes == 1 and stats.replacements == 1 and stats.inits == 2
     assert stats.environments == 1
@@ -371,7 +362,7 @@ async def test_an_environment_that_dies_while_idle_is_replaced_without_an_error(
     )
     with anyio.fail_after(30):
         first = await function.invoke({"die_later": True})
-        await wait_for(lambda: not _alive(first.payload), 10, message="the worker to end")
+        await wait_for(lambda: not alive(first.payload), 10, message="the worker to end")
         second = await function.invoke(EVENT)
     assert first.ok and second.ok, (first, second)
     assert second.payload != first.payload
@@ -426,7 +417,7 @@ async def test_a_timeout_is_sandbox_timedout_and_the_environment_is_replaced(
     )
     assert 1.0 <= timed_out.duration < 3
     assert after.ok and after.payload["pid"] != before.payload["pid"]
-    await wait_for(lambda: not _alive(before.payload["pid"]), 10, message="the killed worker")
+    await wait_for(lambda: not alive(before.payload["pid"]), 10, message="the killed worker")
     stats = function.statistics()
     assert stats.timeouts == 1 and stats.replacements == 1
 
@@ -446,7 +437,7 @@ async def test_cancelling_an_invocation_ends_its_environment(make: Factory) -> N
             await function.invoke({"sleep": 30})
         after = await function.invoke(EVENT)
     assert after.ok and after.payload != pid
-    await wait_for(lambda: not _alive(pid), 10, message="the cancelled worker")
+    await wait_for(lambda: not alive(pid), 10, message="the cancelled worker")
 
 
 # Memory
@@ -636,7 +627,7 @@ async def test_a_clean_stop_lets_in_flight_invocations_finish(make: Factory) -> 
     stats = function.statistics()
     assert stats.environments == 0 and stats.busy == 0
     for pid in pids:
-        await wait_for(lambda pid=pid: not _alive(pid), 10, message=f"worker {pid} to end")
+        await wait_for(lambda pid=pid: not alive(pid), 10, message=f"worker {pid} to end")
     with pytest.raises(EnvironmentUnavailableError):
         await function.invoke(EVENT)
 

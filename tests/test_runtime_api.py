@@ -20,6 +20,7 @@ import pytest
 
 from kinesis_esm.functions._environments import EnvironmentUnavailableError, RuntimeFunction
 from tests.support.kinesis import wait_for
+from tests.support.processes import alive
 
 pytest.importorskip("awslambdaric")
 
@@ -64,15 +65,6 @@ async def make(tmp_path: Path) -> AsyncIterator[Factory]:
     with anyio.fail_after(30):
         for function in created:
             await function.aclose()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(")")[-1].split()[0] != "Z"
 
 
 HANDLER = """
@@ -253,7 +245,7 @@ async def test_a_timeout_is_sandbox_timedout_and_the_runtime_is_replaced(make: F
     )
     assert 1.0 <= timed_out.duration < 3
     assert after.ok and after.payload["pid"] != before.payload["pid"]
-    await wait_for(lambda: not _alive(before.payload["pid"]), 10, message="the killed runtime")
+    await wait_for(lambda: not alive(before.payload["pid"]), 10, message="the killed runtime")
     assert function.statistics().timeouts == 1
 
 
@@ -304,7 +296,7 @@ async def test_a_clean_stop_lets_the_in_flight_invocation_finish(make: Factory) 
             await wait_for(lambda: function.statistics().busy == 1, 10, message="busy")
             await function.aclose()
     assert results[0].ok, results[0]
-    await wait_for(lambda: not _alive(pid), 10, message="the runtime to end")
+    await wait_for(lambda: not alive(pid), 10, message="the runtime to end")
     with pytest.raises(EnvironmentUnavailableError):
         await function.invoke(EVENT)
 

@@ -87,6 +87,11 @@ class LeaseCoordinator:
         """The shard's measured rates; published with the next renewal for the balancer."""
         self._held.report_load(shard_id, load)
 
+    def defer_checkpoint(self, shard_id: str, checkpoint: Checkpoint) -> bool:
+        """Record "resume after this" for the next renewal if that needs no write and no
+        await (so another thread may call it); False: call `checkpoint` instead."""
+        return self._held.defer(shard_id, checkpoint)
+
     async def checkpoint(
         self, shard_id: str, sequence: str, sub_sequence: int = 0, *, force: bool = False
     ) -> CheckpointOutcome:

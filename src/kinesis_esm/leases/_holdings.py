@@ -74,14 +74,16 @@ class Holdings:
     def shards(self) -> list[str]:
         return list(self._held)
 
+    # Reads may come from another thread (`ThreadedCoordinator`): they copy first, in one step.
+
     def active(self) -> int:
-        return sum(1 for held in self._held.values() if held.closing is None)
+        return sum(1 for held in tuple(self._held.values()) if held.closing is None)
 
     def lease(self, shard_id: str) -> Lease:
         return self._held[shard_id].lease
 
     def leases(self) -> dict[str, Lease]:
-        return {shard: held.lease for shard, held in self._held.items()}
+        return {shard: held.lease for shard, held in tuple(self._held.items())}
 
     def holds(self, shard_id: str) -> bool:
         held = self._held.get(shard_id)
@@ -97,9 +99,21 @@ class Holdings:
             self._emptied = anyio.Event()
             await self._emptied.wait()
 
+    def defer(self, shard_id: str, checkpoint: Checkpoint) -> bool:
+        """Record a checkpoint for the next renewal, with no I/O and no await (safe from
+        another thread); False when it needs more: a SHARD_END to write, or a lease gone or
+        overdue, which `checkpoint` reports."""
+        held = self._held.get(shard_id)
+        if held is None or checkpoint.shard_end or self._clock() >= held.valid_until:
+            return False
+        held.checkpoint = checkpoint
+        return True
+
     async def checkpoint(
         self, shard_id: str, checkpoint: Checkpoint, *, force: bool
     ) -> CheckpointOutcome:
+        if not force and self.defer(shard_id, checkpoint):
+            return CheckpointOutcome.DEFERRED
         held = self._held.get(shard_id)
         if held is None:
             return CheckpointOutcome.LOST

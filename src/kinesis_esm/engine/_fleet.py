@@ -1,9 +1,12 @@
 """This process as one worker of a fleet: the lease store and worker id its mappings share.
 
-With ``[coordination] backend = "dynamodb"`` the engine holds one `Fleet`: one
-`DynamoDBLeaseStore` (the table is checked, or created, at start), and, per mapping, a
-`LeaseCoordinator` built here for the mapping's runner (`FleetMappingRunner`, in
-``_fleet_mapping``). Checkpoints go through `LeaseCommitter`, fenced by the lease.
+With ``[coordination] backend = "dynamodb"`` the engine holds one `Fleet`: a
+`DynamoDBLeaseStore` (the table is checked, or created, at start) for the mapping rows and the
+registry, and, per mapping, a `LeaseCoordinator` built here for the mapping's runner
+(`FleetMappingRunner`, in ``_fleet_mapping``). The coordinators run on the fleet's
+`LeaseThread`, with a store client of their own there, so that a worker busy reading still
+renews on time (see ``leases/_thread``). Checkpoints go through `LeaseCommitter`, fenced by
+the lease.
 
 A checkpoint's text (the pipeline's) and a lease's `Checkpoint` map one to one:
 ``"<sequence>"`` (the whole record done) is ``Checkpoint(sequence, 0)``; ``"<sequence>:<k>"``
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +35,9 @@ from ..leases import (
     LeaseStore,
     LeaseStoreError,
     LeaseStoreUnavailableError,
+    LeaseThread,
+    MainLoopConsumer,
+    ThreadedCoordinator,
 )
 from ..state import SHARD_END
 from ..state._dynamodb import DynamoDBLeaseStore
@@ -88,7 +95,7 @@ class LeaseCommitter:
     Checkpoints are recorded at once and written with the next renewal (SHARD_END at once), so
     the table's request rate does not grow with the record rate."""
 
-    coordinator: LeaseCoordinator
+    coordinator: ThreadedCoordinator
 
     async def commit(
         self, shard_id: str, sequence: str, *, window_state: bytes | None = None
@@ -109,8 +116,15 @@ class Fleet:
     """One worker's membership: its id, the lease store, and the coordinators' settings."""
 
     def __init__(
-        self, coordination: CoordinationConfig, *, store: FleetStore | None = None
+        self,
+        coordination: CoordinationConfig,
+        *,
+        store: FleetStore | None = None,
+        lease_store: LeaseStore | None = None,
     ) -> None:
+        """``store``: the mapping rows' and the registry's (the main loop's); ``lease_store``:
+        the coordinators' (the lease thread's; a client is bound to its loop, so not the same
+        object); both default to the configured DynamoDB table."""
         if not coordination.fleet:
             raise ValueError(f"backend {coordination.backend!r} is not a fleet backend")
         self.config = coordination
@@ -119,14 +133,17 @@ class Fleet:
         self.settings = CoordinatorSettings(failover_time=failover)
         # A renewal round waits for its slowest call: keep one within a renewal interval.
         call_timeout = min(5.0, max(0.5, failover / 3))
-        self.store: FleetStore = store or DynamoDBLeaseStore(
-            coordination.table,
-            endpoint_url=coordination.endpoint_url,
-            region=coordination.region,
-            call_timeout=call_timeout,
-        )
+        self.store: FleetStore = store or self._dynamodb(call_timeout)
+        self.lease_store: LeaseStore = lease_store or self._dynamodb(call_timeout)
         self.call_timeout = call_timeout
+        self.thread = LeaseThread(f"kinesis-esm-leases-{self.worker_id}")
         self._started = False
+
+    def _dynamodb(self, call_timeout: float) -> DynamoDBLeaseStore:
+        c = self.config
+        return DynamoDBLeaseStore(
+            c.table, endpoint_url=c.endpoint_url, region=c.region, call_timeout=call_timeout
+        )
 
     async def start(self, *, timeout: float = START_TIMEOUT) -> None:  # noqa: ASYNC109
         """Open the store and check (or create) the table. An unreachable store is retried
@@ -143,6 +160,7 @@ class Fleet:
                     await anyio.sleep(delay)
                     delay = min(delay * 2, 10.0)
                     continue
+                await self._start_thread()
                 log.info(
                     "worker %s: leases in DynamoDB table %s (failover_time %s s)",
                     self.worker_id,
@@ -155,13 +173,28 @@ class Fleet:
             f"the lease table {self.table!r} did not answer within {timeout:.0f} s"
         )
 
+    async def _start_thread(self) -> None:
+        if not self.thread.running:
+            self.thread.start()
+        start = getattr(self.lease_store, "start", None)
+        if start is not None:  # the table is there by now: this opens the thread's client
+            await self.thread.call(start)
+
     @property
     def table(self) -> str:
         return self.config.table
 
     async def aclose(self) -> None:
         self._started = False
-        await self.store.aclose()
+        try:
+            if self.thread.running:
+                close = getattr(self.lease_store, "aclose", None)
+                if close is not None:
+                    with anyio.move_on_after(self.call_timeout + 1):
+                        await self.thread.call(close)
+                await self.thread.aclose()
+        finally:
+            await self.store.aclose()
 
     def check(self, config: EventSourceMappingConfig) -> None:
         """What a fleet cannot run yet: refused before the mapping starts."""
@@ -175,13 +208,18 @@ class Fleet:
 
     def coordinator(
         self, mapping_uuid: str, consumer: LeaseConsumer, *, function_timeout: float
-    ) -> LeaseCoordinator:
+    ) -> ThreadedCoordinator:
         # A hand-off waits for the in-flight batches: at most one function timeout.
         settings = CoordinatorSettings(
             failover_time=self.settings.failover_time,
             handoff_timeout=max(10.0, function_timeout + 5.0),
         )
-        return LeaseCoordinator(self.store, mapping_uuid, self.worker_id, consumer, settings)
+        forward = MainLoopConsumer(consumer)
+        # time.monotonic: one clock for both threads (holds() is asked on the main one)
+        inner = LeaseCoordinator(
+            self.lease_store, mapping_uuid, self.worker_id, forward, settings, clock=time.monotonic
+        )
+        return ThreadedCoordinator(self.thread, inner, forward)
 
     async def started_at(self, mapping_uuid: str, now: float) -> tuple[float, bool]:
         return await self.store.claim_started_at(mapping_uuid, now)

@@ -26,6 +26,7 @@ from ._store import (
     LeaseStoreUnavailableError,
     LeaseTableAccessDeniedError,
 )
+from ._thread import LeaseThread, LeaseThreadStopped, MainLoopConsumer, ThreadedCoordinator
 
 __all__ = (
     "SHARD_END",
@@ -46,9 +47,13 @@ __all__ = (
     "LeaseStoreThrottledError",
     "LeaseStoreUnavailableError",
     "LeaseTableAccessDeniedError",
+    "LeaseThread",
+    "LeaseThreadStopped",
+    "MainLoopConsumer",
     "MemoryLeaseStore",
     "Observer",
     "Plan",
+    "ThreadedCoordinator",
     "WorkerRecord",
     "assign",
     "eligible_leases",

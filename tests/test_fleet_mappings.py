@@ -11,6 +11,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -356,3 +357,111 @@ async def test_a_restarted_worker_applies_what_it_missed_and_shares_what_it_had_
                     return alone["UUID"] not in await list_of(client_b)
 
                 await wait_for(deleted_on_b, BOUND, interval=0.2, message="the delete on b")
+
+
+RACE_ROUNDS = 20
+RACE_TIME = 150.0  # seconds all rounds may take together
+
+
+async def create_at_once(clients: list[Any], fields: dict[str, Any]) -> list[Any]:
+    """Each client's CreateEventSourceMapping, started together: its answer or ClientError."""
+    outcomes: list[Any] = [None] * len(clients)
+
+    async def create(index: int) -> None:
+        try:
+            outcomes[index] = await call(clients[index].create_event_source_mapping, **fields)
+        except ClientError as error:
+            outcomes[index] = error
+
+    async with anyio.create_task_group() as tg:
+        for index in range(len(clients)):
+            tg.start_soon(create, index)
+    return outcomes
+
+
+async def uuids_on(clients: list[Any]) -> list[list[str]]:
+    return [sorted(await list_of(c)) for c in clients]
+
+
+async def test_two_workers_creating_one_function_and_stream_at_once_end_with_one_mapping(
+    tmp_path: Path,
+    moto: str,
+    dynalite: str,  # noqa: F811 - the fixture
+    table: str,
+    stream_name: str,
+) -> None:
+    """Each worker's own duplicate check passes (neither has the other's mapping yet); the
+    registry's claim lets exactly one create through, as Lambda does."""
+    async with kinesis_client(moto) as kinesis:
+        arn = await create_stream(kinesis, stream_name, 1)
+        async with two_workers(tmp_path, moto, dynalite, table) as (a, b):
+            clients = [lambda_client(a.url), lambda_client(b.url)]
+            fields = {"FunctionName": "f", "EventSourceArn": arn, "StartingPosition": "LATEST"}
+            with anyio.fail_after(RACE_TIME):
+                for round_ in range(RACE_ROUNDS):
+                    outcomes = await create_at_once(clients, fields)
+                    won = [i for i, o in enumerate(outcomes) if not isinstance(o, ClientError)]
+                    assert len(won) == 1, (round_, outcomes)
+                    winner = won[0]
+                    uid = outcomes[winner]["UUID"]
+                    error = outcomes[1 - winner].response["Error"]
+                    assert error["Code"] == "ResourceConflictException"
+                    assert error["Message"].endswith(f"existing mapping with UUID {uid}")
+                    expected = [[uid], [uid]]
+                    await wait_for(
+                        partial(lists_are, clients, expected), BOUND, interval=0.2,
+                        message="one mapping on both",
+                    )  # fmt: skip
+                    lists = [await list_of(c) for c in clients]
+                    assert comparable(lists[0][uid]) == comparable(lists[1][uid])
+                    result = lists[1 - winner][uid]["LastProcessingResult"]
+                    assert not result.startswith("PROBLEM"), result
+                    # deleted through the worker that lost; the next round creates it again
+                    other = clients[1 - winner]
+                    await settled(other, uid)
+                    await call(other.delete_event_source_mapping, UUID=uid)
+                    await wait_for(
+                        partial(lists_are, clients, [[], []]), BOUND, interval=0.2,
+                        message="deleted from both",
+                    )  # fmt: skip
+
+
+async def lists_are(clients: list[Any], expected: list[list[str]]) -> bool:
+    return await uuids_on(clients) == expected
+
+
+async def test_a_mapping_deleted_on_one_worker_is_created_again_on_the_other(
+    tmp_path: Path,
+    moto: str,
+    dynalite: str,  # noqa: F811 - the fixture
+    table: str,
+    stream_name: str,
+) -> None:
+    async with kinesis_client(moto) as kinesis:
+        arn = await create_stream(kinesis, stream_name, 1)
+        async with two_workers(tmp_path, moto, dynalite, table) as (a, b):
+            client_a, client_b = lambda_client(a.url), lambda_client(b.url)
+            fields = {"FunctionName": "f", "EventSourceArn": arn, "StartingPosition": "LATEST"}
+            first = (await call(client_a.create_event_source_mapping, **fields))["UUID"]
+
+            async def on_b() -> bool:
+                return first in await list_of(client_b)
+
+            await wait_for(on_b, BOUND, interval=0.2, message="the mapping on b")
+            with pytest.raises(ClientError) as refused:  # b's own check, as on Lambda
+                await call(client_b.create_event_source_mapping, **fields)
+            assert refused.value.response["Error"]["Code"] == "ResourceConflictException"
+            await settled(client_a, first)
+            await call(client_a.delete_event_source_mapping, UUID=first)
+
+            async def gone_from_b() -> bool:
+                return first not in await list_of(client_b)
+
+            await wait_for(gone_from_b, BOUND, interval=0.2, message="the delete on b")
+            second = (await call(client_b.create_event_source_mapping, **fields))["UUID"]
+            assert second != first
+
+            async def only_second_on_a() -> bool:
+                return sorted(await list_of(client_a)) == [second]
+
+            await wait_for(only_second_on_a, BOUND, interval=0.2, message="the new one on a")

@@ -15,7 +15,13 @@ from ..engine import SUPPORTED_FEATURES
 from ._model import RESOURCE_CONFLICT, MappingError, MappingRecord
 from ._references import canonical_arn
 
-__all__ = ["check_capacity", "check_conflict", "check_supported", "config_error"]
+__all__ = [
+    "check_capacity",
+    "check_conflict",
+    "check_supported",
+    "config_error",
+    "duplicate_message",
+]
 
 SERVICE_QUOTA_EXCEEDED = "ServiceQuotaExceededException"
 
@@ -30,6 +36,16 @@ def config_error(err: ConfigError) -> MappingError:
     return MappingError(err.code, f"{parameter}: {message}{hint}")
 
 
+def duplicate_message(event_source_arn: str, function_name: str, uuid: str) -> str:
+    """Lambda's ResourceConflictException text for a second mapping of one function+stream
+    (also the fleet registry's, runtime/_fleet_sync)."""
+    return (
+        f'The event source arn (" {event_source_arn} ") and function (" {function_name} ") '
+        "provided mapping already exists. Please update or delete the existing mapping with "
+        f"UUID {uuid}"
+    )
+
+
 def check_conflict(
     mappings: Iterable[MappingRecord], config: EventSourceMappingConfig, arn: str, uuid: str | None
 ) -> None:
@@ -39,11 +55,7 @@ def check_conflict(
     for other in mappings:
         same = (canonical_arn(other.function_arn), other.config.event_source_arn) == wanted
         if same and other.uuid != uuid and other.pending != "Deleting":
-            message = (
-                f'The event source arn (" {config.event_source_arn} ") and function (" '
-                f'{config.function_name} ") provided mapping already exists. Please update or '
-                f"delete the existing mapping with UUID {other.uuid}"
-            )
+            message = duplicate_message(config.event_source_arn, config.function_name, other.uuid)
             raise MappingError(RESOURCE_CONFLICT, message)
 
 

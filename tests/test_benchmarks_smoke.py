@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -184,3 +185,33 @@ def test_efo_engine_latency_times_every_record_of_each_mapping(kinesis_mock: Kin
     for values in latencies.values():
         assert len(values) == 20  # a record per 50 ms tick, each timed once
         assert all(0 < value < 5 for value in values)
+
+
+def test_replay_pages_realign_after_a_mid_page_start_and_fragments_are_exact_size() -> None:
+    from benchmarks.replay import MAX_LIMIT, _Shard
+
+    shard = _Shard(StreamSpec(1, 100, 2 * MAX_LIMIT + 500), 0)
+    assert shard.page_end(0, MAX_LIMIT) == MAX_LIMIT
+    # a new owner resuming from a checkpoint mid-page gets a short answer up to the boundary
+    assert shard.page_end(1234, MAX_LIMIT) == MAX_LIMIT
+    assert shard.page_end(MAX_LIMIT, MAX_LIMIT) == 2 * MAX_LIMIT
+    assert shard.page_end(2 * MAX_LIMIT + 10, MAX_LIMIT) == 2 * MAX_LIMIT + 500  # the end
+    assert shard.page_end(5, 10) == 10
+    assert (0, MAX_LIMIT) in shard.pages  # built with the stream: the first reader's pages
+    # orjson's bytes keep their whole output buffer; the kept fragments must not
+    assert all(sys.getsizeof(f) < len(f) + 64 for f in shard.fragments[:100])
+
+
+def test_fleet_scale_rows_report_the_ratio_of_valid_interleaved_runs() -> None:
+    from benchmarks.fleet import ScaleRun, scale_ratio, scale_rows
+
+    runs = [
+        ScaleRun(1, 400_000, 1.0, [1.0], 0.05, False),
+        ScaleRun(2, 760_000, 1.0, [0.9, 0.9], 0.05, False, moves=2),
+        ScaleRun(2, 900_000, 1.0, [0.9, 0.9], 0.05, True),  # drained: left out
+        ScaleRun(1, 420_000, 1.0, [1.0], 0.05, False),
+    ]
+    assert 1.7 < scale_ratio(runs) < 2.0
+    cells = [cell for row in scale_rows(runs) for cell in row]
+    assert any("760,000 records/s" in cell for cell in cells)
+    assert any("hand-offs in the windows 2" in cell for cell in cells)

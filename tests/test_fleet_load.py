@@ -72,3 +72,36 @@ def test_a_constant_rate_with_noisy_samples_is_published_at_most_once(
     assert len(published) <= 1
     for value in published:
         assert value == pytest.approx(rate, rel=0.3, abs=1.0)
+
+
+def ramp(meter: LoadMeter, low: float, high: float, start: float, seconds: float) -> list[float]:
+    """Sample every 0.5 s while the rate climbs linearly from low to high; counts integrate."""
+    published, now, count = [], start, meter._samples[-1][1] if meter._samples else 0
+    for _ in range(int(seconds / 0.5)):
+        rate = low + (high - low) * (now + 0.5 - start) / seconds
+        now += 0.5
+        count += math.floor(rate * 0.5)
+        value = meter.sample(count, now)
+        if value is not None:
+            published.append(value)
+    return published
+
+
+def test_a_ramp_publishes_nothing_until_the_rate_settles() -> None:
+    """A backlog released: 2,500 records/s per shard climbing to 15,000 over 10 s. Figures
+    published mid-ramp differ per shard only by when they were taken, and move leases."""
+    meter = LoadMeter(window=20, min_records=1000, change=0.25)
+    steady = ramp(meter, 2500, 2500, 0.0, 30)
+    assert steady == [pytest.approx(2500, rel=0.05)]
+    assert ramp(meter, 2500, 15_000, 30.0, 10) == []
+    after = ramp(meter, 15_000, 15_000, 40.0, 40)
+    assert len(after) == 1 and after[0] == pytest.approx(15_000, rel=0.25)
+
+
+def test_a_step_is_published_once_it_has_passed_through_the_window() -> None:
+    meter = LoadMeter(window=10, min_records=100, change=0.25)
+    assert len(ramp(meter, 50, 50, 0.0, 30)) == 1
+    early = ramp(meter, 400, 400, 30.0, 4)  # the step is still passing through the window
+    assert early == []
+    later = ramp(meter, 400, 400, 34.0, 20)
+    assert later and later[-1] == pytest.approx(400, rel=0.25)

@@ -6,6 +6,13 @@ mean). A rate measured over one renewal interval is noise at ordinary rates (4 r
 is measured over a window long enough to hold `min_records` records (at most `window`
 seconds), and published only when it differs from the published one by more than `change`
 and by more than counting noise (at low rates a few records more or less are no change).
+
+A new figure is also held back while the rate is still moving: when the window's last quarter
+disagrees with the whole (a ramp, or a step not yet through the window). Otherwise, in
+a ramp (a backlog released, traffic growing), each shard publishes its climbing rate at its
+own moments, the workers' sums differ by more than the tolerance for a while, and leases move
+that a moment later would not have; the benchmark's fleet made two such moves per window
+before this rule. The balancer sees the last steady figures until the rate settles.
 Pure: the caller passes the count and its clock.
 """
 
@@ -49,5 +56,21 @@ class LoadMeter:
                 return None
             if moved * elapsed <= 3 * math.sqrt(max(records, published * elapsed, 1.0)):
                 return None
+        if not self._steady(now, count, rate):
+            return None
         self.published = rate
         return rate
+
+    def _steady(self, now: float, count: int, rate: float) -> bool:
+        """Whether the rate over the window's last quarter agrees with the whole's."""
+        samples = self._samples
+        cut = now - (now - samples[0][0]) / 4
+        start, first = next(((t, c) for t, c in reversed(samples) if t <= cut), samples[0])
+        elapsed, records = now - start, count - first
+        if elapsed <= 0:
+            return True
+        recent = max(0.0, records / elapsed)
+        moved = abs(recent - rate)
+        return moved <= self.change * max(recent, rate) or moved * elapsed <= 3 * math.sqrt(
+            max(records, rate * elapsed, 1.0)
+        )

@@ -22,8 +22,9 @@ import anyio.lowlevel
 import pytest
 
 from kinesis_esm import Engine, EventSourceMappingConfig, KinesisConfig, PollSettings
-from kinesis_esm._statistics import MappingStatistics
+from kinesis_esm._statistics import MappingStatistics, WorkerStatistics
 from kinesis_esm.cli._status import rows as status_rows
+from kinesis_esm.cli._status import worker_rows
 from kinesis_esm.config import ConfigError, CoordinationConfig
 from kinesis_esm.engine._fleet import lease_checkpoint, text_checkpoint
 from kinesis_esm.leases import SHARD_END, Checkpoint
@@ -75,9 +76,9 @@ class Deliveries:
         return {w for w, shard, seq, _ in self.seen if (shard, seq) in records}
 
 
-def status_states(stats: MappingStatistics) -> dict[str, str]:
-    """The State cell per shard of `kinesis-esm status`, from what /status would answer."""
-    mapping = {
+def status_mapping(stats: MappingStatistics) -> dict[str, Any]:
+    """One mapping as /status would answer it."""
+    return {
         "UUID": stats.uuid,
         "FunctionName": stats.function_name,
         "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:fleet",
@@ -88,9 +89,19 @@ def status_states(stats: MappingStatistics) -> dict[str, str]:
         "LastProcessingResult": stats.last_processing_result,
         "counters": {},
         "shards": [dataclasses.asdict(s) for s in stats.shards],
+        "workers": [dataclasses.asdict(w) for w in stats.workers],
     }
-    _, shard_rows = status_rows({"time": 0.0, "mappings": [mapping]})
+
+
+def status_states(stats: MappingStatistics) -> dict[str, str]:
+    """The State cell per shard of `kinesis-esm status`, from what /status would answer."""
+    _, shard_rows = status_rows({"time": 0.0, "mappings": [status_mapping(stats)]})
     return {row[1]: row[2] for row in shard_rows}
+
+
+def status_workers(stats: MappingStatistics) -> list[list[str]]:
+    """The Workers rows of `kinesis-esm status` (mapping, worker, live, leases, heartbeat)."""
+    return worker_rows({"time": 0.0, "mappings": [status_mapping(stats)]})
 
 
 def ids(records: list[Any]) -> set[tuple[str, str]]:
@@ -190,6 +201,22 @@ async def test_two_workers_split_the_shards_and_a_stop_hands_off_without_duplica
                 s.shard_id: f"{s.state} {s.owner}#{s.lease_counter}" for s in stats.shards
             }
             assert {v.split()[0] for v in shown.values()} <= {"polling", "leased"}
+
+            def workers() -> tuple[WorkerStatistics, ...] | None:
+                found = b.mapping_statistics(uuid_a).workers  # b's last read of the table
+                counted = {(w.worker_id, w.live, w.leases, w.this_worker) for w in found}
+                expected = {("a", True, 2, False), ("b", True, 2, True)}
+                return found if counted == expected else None
+
+            fleet = await wait_for(workers, 20, interval=0.3, message="b to count a and b")
+            assert [w.worker_id for w in fleet] == ["a", "b"]  # by id, one row each
+            assert all(w.heartbeat is not None and w.heartbeat > 0 for w in fleet)
+            rows = status_workers(b.mapping_statistics(uuid_a))
+            assert [row[:4] for row in rows] == [
+                [uuid_a[:8], "a", "yes", "2"],
+                [uuid_a[:8], "b (this)", "yes", "2"],
+            ]
+            assert all(row[4].isdigit() for row in rows)  # the heartbeat counters
         # b stopped: its leases were handed off with their final checkpoints
         assert Counter((await owners(dynamodb, table, uuid_a)).values()) in (
             Counter({"a": 4}),

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ import pytest
 from rich.console import Console
 
 from kinesis_esm import EventSourceMappingConfig, stable_uuid
-from kinesis_esm.cli._status import StatusSource, plain, render, run_status
-from kinesis_esm.config import ControlConfig
+from kinesis_esm.cli._status import StatusSource, plain, render, run_status, worker_rows
+from kinesis_esm.config import ControlConfig, CoordinationConfig
 from tests.support.control import call, lambda_client, running_daemon
+from tests.support.dynalite import dynalite, dynalite_server  # noqa: F401 - fixtures
 from tests.support.kinesis import create_stream, kinesis_client, put_records, wait_for
 
 KINESIS_ESM = str(Path(sys.executable).parent / "kinesis-esm")
@@ -246,6 +248,8 @@ async def test_status_command(tmp_path: Path, moto: str) -> None:
         )
         [reading] = [json.loads(line) for line in as_json.stdout.decode().splitlines()]
         assert [m["UUID"] for m in reading["mappings"]] == [stable_uuid("f", arn)]
+        assert reading["mappings"][0]["workers"] == []  # not a fleet: no workers
+        assert "Workers" not in shown
 
 
 def test_a_shard_read_by_enhanced_fan_out_shows_its_subscription() -> None:
@@ -257,3 +261,88 @@ def test_a_shard_read_by_enhanced_fan_out_shows_its_subscription() -> None:
     assert "EFO 42 s r3" in row, row  # the subscription's age and its resubscriptions
     polled = plain(snapshot(100.0, 100, 40))
     assert " poll " in next(line for line in polled.splitlines() if "shardId-" in line)
+
+
+def fleet_snapshot() -> dict[str, Any]:
+    """A reading of worker w1 of a fleet: w2 live, w3 silent past failover_time."""
+    reading = snapshot(100.0, 100, 40)
+    reading["mappings"][0]["workers"] = [
+        {"worker_id": "w1", "leases": 2, "live": True, "heartbeat": 17, "this_worker": True},
+        {"worker_id": "w2", "leases": 1, "live": True, "heartbeat": 9, "this_worker": False},
+        {"worker_id": "w3", "leases": 1, "live": False, "heartbeat": None, "this_worker": False},
+    ]
+    return reading
+
+
+def test_worker_rows_mark_this_worker_and_the_ones_not_live() -> None:
+    assert worker_rows(fleet_snapshot()) == [
+        ["0b8d3c7e", "w1 (this)", "yes", "2", "17"],
+        ["0b8d3c7e", "w2", "yes", "1", "9"],
+        ["0b8d3c7e", "w3", "no", "1", "-"],
+    ]
+    assert worker_rows(snapshot(100.0, 100, 40)) == []  # not a fleet: no workers
+    assert worker_rows({"time": 0.0, "mappings": []}) == []
+
+
+def test_plain_has_a_workers_table_in_a_fleet_only() -> None:
+    lines = plain(fleet_snapshot()).splitlines()
+    at = lines.index("Workers")
+    assert lines[at - 1] == ""  # a blank line after the shards table
+    assert lines[at + 1].split() == ["Mapping", "Worker", "Live", "Leases", "Heartbeat"]
+    assert [line.split() for line in lines[at + 2 :]] == [
+        ["0b8d3c7e", "w1", "(this)", "yes", "2", "17"],
+        ["0b8d3c7e", "w2", "yes", "1", "9"],
+        ["0b8d3c7e", "w3", "no", "1", "-"],
+    ]
+    alone = snapshot(100.0, 100, 40)
+    assert "Workers" not in plain(alone).splitlines()
+    with_empty = snapshot(100.0, 100, 40)
+    with_empty["mappings"][0]["workers"] = []  # what /status answers outside a fleet
+    assert plain(with_empty) == plain(alone)
+
+
+def test_render_has_a_workers_table_in_a_fleet_only() -> None:
+    shown = text(render(fleet_snapshot()))
+    assert "Workers" in shown and "Heartbeat" in shown
+    row = next(line for line in shown.splitlines() if "w1 (this)" in line)
+    assert row.split()[-3:] == ["yes", "2", "17"]
+    row = next(line for line in shown.splitlines() if " w3 " in line)
+    assert row.split()[-3:] == ["no", "1", "-"]
+    alone = text(render(snapshot(100.0, 100, 40)))
+    assert "Workers" not in alone and "Heartbeat" not in alone
+
+
+@pytest.mark.anyio
+async def test_status_of_a_fleet_worker_lists_the_workers(
+    tmp_path: Path,
+    moto: str,
+    dynalite: str,  # noqa: F811 - the fixture
+) -> None:
+    async with kinesis_client(moto) as kinesis:
+        arn = await create_stream(kinesis, f"fleet-{uuid.uuid4().hex[:8]}", 2)
+    coordination = CoordinationConfig(
+        backend="dynamodb",
+        table=f"status-{uuid.uuid4().hex[:12]}",
+        worker_id="w1",
+        failover_time=2,
+        endpoint_url=dynalite,
+        region="us-east-1",
+    )
+    declared = EventSourceMappingConfig("f", arn, "TRIM_HORIZON")
+    async with running_daemon(
+        tmp_path, moto, mappings=[declared], coordination=coordination
+    ) as daemon:
+        source = StatusSource(daemon.url)
+
+        async def both_leases() -> dict[str, Any] | None:
+            reading = await anyio.to_thread.run_sync(source.fetch)
+            workers = [w for m in reading["mappings"] for w in m["workers"]]
+            return reading if [w["leases"] for w in workers] == [2] else None
+
+        reading = await wait_for(both_leases, 30, interval=0.2, message="w1 to hold both shards")
+    [worker] = reading["mappings"][0]["workers"]
+    assert worker["worker_id"] == "w1" and worker["this_worker"] is True
+    assert worker["live"] is True and isinstance(worker["heartbeat"], int)
+    lines = plain(reading).splitlines()
+    at = lines.index("Workers")
+    assert lines[at + 2].split()[:5] == [stable_uuid("f", arn)[:8], "w1", "(this)", "yes", "2"]

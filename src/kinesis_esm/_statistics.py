@@ -13,6 +13,7 @@ __all__ = [
     "MappingCounters",
     "MappingStatistics",
     "ShardStatistics",
+    "WorkerStatistics",
     "waiting_statistics",
 ]
 
@@ -67,6 +68,17 @@ def waiting_statistics(shard_id: str, checkpoint: str | None) -> ShardStatistics
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerStatistics:
+    """One worker of a fleet as this worker sees it, for one mapping."""
+
+    worker_id: str
+    leases: int  # unfinished leases of the mapping it owns, as last read (ours: as held)
+    live: bool  # its heartbeat changed within failover_time on this worker's clock
+    heartbeat: int | None  # its heartbeat counter as last read (None: not read yet)
+    this_worker: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class MappingStatistics:
     uuid: str
     function_name: str
@@ -76,6 +88,7 @@ class MappingStatistics:
     counters: MappingCounters
     shards: tuple[ShardStatistics, ...]
     leases: LeaseStatistics | None = None  # in a fleet: this worker's leases of the mapping
+    workers: tuple[WorkerStatistics, ...] = ()  # in a fleet: every worker, by id
 
     @property
     def iterator_age_ms(self) -> int | None:

@@ -1,4 +1,5 @@
-"""``kinesis-esm status``: a live table of a running daemon's mappings and shards.
+"""``kinesis-esm status``: a live table of a running daemon's mappings and shards, and in a
+fleet of the workers that share each mapping.
 
 It reads the daemon's ``/status`` (JSON) every ``interval`` seconds; records/s are the
 differences between two readings. With ``--config`` it finds the daemon's listener and
@@ -26,7 +27,7 @@ from rich.text import Text
 
 from ..config import ControlConfig
 
-__all__ = ["StatusSource", "plain", "render", "rows", "run_status"]
+__all__ = ["StatusSource", "plain", "render", "rows", "run_status", "worker_rows"]
 
 DEFAULT_URL = "http://127.0.0.1:9001"
 _STATE_STYLE = {"Enabled": "green", "Disabled": "yellow", "Deleting": "red"}
@@ -99,7 +100,8 @@ MAPPING_COLUMNS = (
     "UUID Function Stream State Batch PF rec/s Polled Filtered Invocations Errors Age Last-result"
 )
 SHARD_COLUMNS = "Mapping Shard State Read rec/s Buffered Busy Age Behind Checkpoint"
-MAPPINGS_TITLE, SHARDS_TITLE = "Event source mappings", "Shards"
+WORKER_COLUMNS = "Mapping Worker Live Leases Heartbeat"
+MAPPINGS_TITLE, SHARDS_TITLE, WORKERS_TITLE = "Event source mappings", "Shards", "Workers"
 
 
 def _read(shard: dict[str, Any]) -> str:
@@ -174,6 +176,25 @@ def rows(
     return mappings, shards
 
 
+def worker_rows(snapshot: Mapping[str, Any]) -> list[list[str]]:
+    """The cells of the workers table: in a fleet, every worker of each mapping as this daemon
+    last read the lease table (none outside a fleet)."""
+    cells: list[list[str]] = []
+    for m in snapshot.get("mappings", []):
+        for w in m.get("workers", []):
+            heartbeat = w.get("heartbeat")
+            cells.append(
+                [
+                    m["UUID"][:8],
+                    f"{w['worker_id']} (this)" if w.get("this_worker") else str(w["worker_id"]),
+                    "yes" if w.get("live") else "no",
+                    str(w.get("leases", 0)),
+                    "-" if heartbeat is None else str(heartbeat),
+                ]
+            )
+    return cells
+
+
 def _table(title: str, columns: str) -> Table:
     table = Table(
         title=title,
@@ -190,7 +211,7 @@ def _table(title: str, columns: str) -> Table:
 
 
 def render(snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None = None) -> Group:
-    """Two tables for a terminal: mappings, then shards."""
+    """The tables for a terminal: mappings, shards, then (in a fleet) workers."""
     mapping_rows, shard_rows = rows(snapshot, previous)
     mappings = _table(MAPPINGS_TITLE, MAPPING_COLUMNS)
     for row in mapping_rows:
@@ -204,7 +225,13 @@ def render(snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None = Non
     shards = _table(SHARDS_TITLE, SHARD_COLUMNS)
     for row in shard_rows:
         shards.add_row(*row)
-    return Group(mappings, shards)
+    cells = worker_rows(snapshot)
+    if not cells:
+        return Group(mappings, shards)
+    workers = _table(WORKERS_TITLE, WORKER_COLUMNS)
+    for mapping, name, live, *rest in cells:
+        workers.add_row(mapping, name, Text(live, style="" if live == "yes" else "red"), *rest)
+    return Group(mappings, shards, workers)
 
 
 def _plain_table(title: str, columns: str, cells: list[list[str]]) -> list[str]:
@@ -218,8 +245,8 @@ def _plain_table(title: str, columns: str, cells: list[list[str]]) -> list[str]:
 
 
 def plain(snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None = None) -> str:
-    """The two tables as plain text, every row whole on one line whatever its width: for a
-    pipe or a file (grep, logs), where a terminal's width means nothing."""
+    """The tables as plain text, every row whole on one line whatever its width: for a pipe
+    or a file (grep, logs), where a terminal's width means nothing."""
     mapping_rows, shard_rows = rows(snapshot, previous, short=False)
     stamp = datetime.fromtimestamp(snapshot["time"], UTC).isoformat(timespec="seconds")
     lines = [
@@ -228,6 +255,9 @@ def plain(snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None = None
         "",
         *_plain_table(SHARDS_TITLE, SHARD_COLUMNS, shard_rows),
     ]
+    cells = worker_rows(snapshot)
+    if cells:  # a fleet: a daemon on its own prints what it always did
+        lines += ["", *_plain_table(WORKERS_TITLE, WORKER_COLUMNS, cells)]
     return "\n".join(lines)
 
 

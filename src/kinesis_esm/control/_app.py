@@ -227,6 +227,7 @@ async def _status(request: web.Request) -> web.Response:
                     "duration_sum": invocations.duration_sum,
                 },
                 "shards": [dataclasses.asdict(s) for s in status.shards],
+                "workers": [dataclasses.asdict(w) for w in status.workers],  # [] outside a fleet
             }
         )
     return _json({"version": __version__, "time": time.time(), "mappings": mappings})

@@ -27,8 +27,8 @@ import anyio
 import anyio.abc
 
 from .._errors import SourceError
-from .._statistics import MappingStatistics, ShardStatistics
-from ..leases import Lease, LeaseLoad, LeaseStoreError, eligible_leases
+from .._statistics import MappingStatistics, ShardStatistics, WorkerStatistics
+from ..leases import FleetSnapshot, Lease, LeaseLoad, LeaseStoreError, eligible_leases
 from ..pipeline._consumer import ShardConsumer
 from ..source import ShardInfo
 from ._fleet import Fleet, LeaseCommitter, lease_checkpoint, text_checkpoint
@@ -285,7 +285,35 @@ class FleetMappingRunner(MappingRunner):
                     else "unowned"
                 )
                 shards.append(_lease_statistics(lease, state))
-        return dataclasses.replace(base, shards=tuple(shards), leases=self.coordinator.statistics())
+        leases = self.coordinator.statistics()
+        workers = self._worker_statistics(snapshot, leases.held)
+        return dataclasses.replace(base, shards=tuple(shards), leases=leases, workers=workers)
+
+    def _worker_statistics(
+        self, snapshot: FleetSnapshot | None, held: int
+    ) -> tuple[WorkerStatistics, ...]:
+        """Every worker of the mapping as the last table read showed it, this one always (with
+        the leases it holds now); also an owner of leases whose worker row is gone."""
+        live = self.coordinator.live_workers()
+        rows = () if snapshot is None else tuple(snapshot.workers)
+        heartbeats: dict[str, int | None] = {row.worker_id: row.heartbeat for row in rows}
+        owned: dict[str, int] = {}
+        for lease in () if snapshot is None else tuple(snapshot.leases):
+            if lease.owner is not None and not lease.finished:
+                owned[lease.owner] = owned.get(lease.owner, 0) + 1
+                heartbeats.setdefault(lease.owner, None)
+        heartbeats.setdefault(self.worker_id, None)
+        owned[self.worker_id] = held
+        return tuple(
+            WorkerStatistics(
+                worker_id,
+                leases=owned.get(worker_id, 0),
+                live=worker_id in live or worker_id == self.worker_id,
+                heartbeat=heartbeats[worker_id],
+                this_worker=worker_id == self.worker_id,
+            )
+            for worker_id in sorted(heartbeats)
+        )
 
 
 def _shard_of(lease: Lease) -> ShardInfo:

@@ -139,6 +139,11 @@ class LeaseCoordinator:
         """The table as the last take round read it (for `kinesis-esm status`)."""
         return self._snapshot
 
+    def live_workers(self) -> frozenset[str]:
+        """The workers the last take round counted live (this one always): a read only, so
+        another thread may call it."""
+        return self._held.live
+
     # Lifecycle.
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

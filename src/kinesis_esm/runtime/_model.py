@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .._statistics import MappingStatistics, ShardStatistics
+from .._statistics import MappingStatistics, ShardStatistics, WorkerStatistics
 from ..config import EventSourceMappingConfig, FunctionConfig
 from ..functions import Function, InvokeResult
 from ..leases import LeaseStatistics
@@ -142,6 +142,7 @@ class MappingStatus:
     shards: tuple[ShardStatistics, ...]
     invocations: InvocationStats
     leases: LeaseStatistics | None = None  # in a fleet: this worker's leases of the mapping
+    workers: tuple[WorkerStatistics, ...] = ()  # in a fleet: every worker of the mapping
 
 
 @dataclass(eq=False, slots=True)
@@ -223,4 +224,5 @@ class MappingRecord:
                 totals = {n: getattr(s, n) + base.get((s.shard_id, n), 0) for n in _SHARD_COUNTERS}
                 shards.append(replace(s, **totals))
         leases = None if stats is None else stats.leases
-        return MappingStatus(view, counters, tuple(shards), self.invocations, leases)
+        workers = () if stats is None else stats.workers
+        return MappingStatus(view, counters, tuple(shards), self.invocations, leases, workers)

@@ -14,6 +14,10 @@ The runner lists the stream's shards as `MappingRunner` does, but only to create
 Parent before child across workers comes from the table: a child's lease is assigned only
 once every parent's lease is finished (SHARD_END), whoever held the parent. A shard's end adds
 its children's leases at once (from ChildShards), before a listing would show them.
+
+A lease whose shard has left the stream (past its retention) is finished by its holder once
+listings no longer show it (``_gone``), so that its children can start; a free one is finished
+by the worker the balancer gives it to.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from .._statistics import MappingStatistics, ShardStatistics, WorkerStatistics
 from ..leases import FleetSnapshot, Lease, LeaseLoad, LeaseStoreError, eligible_leases
 from ..pipeline._consumer import ShardConsumer
 from ..source import ShardInfo
+from ..state import SHARD_END
 from ._fleet import Fleet, LeaseCommitter, lease_checkpoint, text_checkpoint
+from ._gone import AbsentShards
 from ._load import LoadMeter
 from ._mapping import MappingRunner
 
@@ -56,6 +62,7 @@ class FleetMappingRunner(MappingRunner):
         self._shards: dict[str, ShardInfo] = {}  # every shard listed or announced, by id
         self._done: dict[str, anyio.Event] = {}  # set when the shard's consumer has returned
         self._coordinating = False
+        self._absent = AbsentShards()  # leases whose shards listings no longer show
 
     # the lifecycle
 
@@ -137,7 +144,32 @@ class FleetMappingRunner(MappingRunner):
                 running.shard = shard  # learns that its shard closed, and where it ends
         # Checkpoints of the local state file seed new leases: a move from backend "local".
         local = await self.store.get_checkpoints(self.uuid)
-        return await self._add_leases({s.shard_id: s.parents for s in shards}, local)
+        added = await self._add_leases({s.shard_id: s.parents for s in shards}, local)
+        snapshot = self.coordinator.snapshot()
+        self._absent.note(tuple(snapshot.leases) if snapshot is not None else (), listed)
+        for shard_id in self._absent.shards():
+            if self.coordinator.holds(shard_id):
+                await self._retire(shard_id)
+        return added
+
+    async def _retire(self, shard_id: str) -> None:
+        """Finish the lease of a shard no longer in the stream, so its children can start."""
+        consumer, done = self._consumers.get(shard_id), self._done.get(shard_id)
+        if consumer is not None and done is not None:
+            consumer.stop()  # it cannot read a shard that is gone; its last checkpoint stays
+            await done.wait()
+        if self._stopping or not self.coordinator.holds(shard_id):
+            return
+        log.warning(
+            "mapping %s: %s is no longer in the stream (past its retention): finishing its "
+            "lease so that its children can start",
+            self.uuid,
+            shard_id,
+        )
+        try:
+            await self.coordinator.checkpoint(shard_id, SHARD_END, force=True)
+        except LeaseStoreError as error:
+            self._lease_problem(error)  # retried at the next listing
 
     async def _add_leases(
         self, parents: dict[str, tuple[str, ...]], local: dict[str, str] | None = None
@@ -164,7 +196,10 @@ class FleetMappingRunner(MappingRunner):
     def on_lease_gained(self, lease: Lease) -> None:
         if self._tg is None or self._stopping:
             return  # the coordinator's stop hands it on
-        self._tg.start_soon(self._run_leased, lease)
+        if self._absent.gone(lease.shard_id):
+            self._tg.start_soon(self._retire, lease.shard_id)
+        else:
+            self._tg.start_soon(self._run_leased, lease)
 
     def on_lease_lost(self, shard_id: str) -> None:
         consumer = self._consumers.get(shard_id)

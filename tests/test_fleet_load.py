@@ -31,10 +31,24 @@ def test_nothing_is_published_before_the_window_is_full_at_low_rates() -> None:
     assert feed(meter, 4.0, 2, 0.5, start=59)  # 60 s reached
 
 
-def test_a_high_rate_is_published_once_enough_records_were_seen() -> None:
-    meter = LoadMeter(window=60, min_records=1000)
-    published = feed(meter, 2000.0, 1.0, 0.25)
+def test_a_high_rate_is_published_once_enough_records_and_seconds_were_seen() -> None:
+    meter = LoadMeter(window=60, min_records=1000, min_seconds=30)
+    assert feed(meter, 2000.0, 29.5, 0.25) == []  # enough records, not yet enough time
+    published = feed(meter, 2000.0, 2.0, 0.25, start=29.5)
     assert published == [pytest.approx(2000.0, rel=0.01)]
+
+
+def test_the_burst_of_a_shard_just_taken_is_not_its_load() -> None:
+    """A new owner's reader fills its buffer at once (10,000 records in the first half
+    second), then reads at the shard's rate: published, that burst would look like 20,000
+    records/s and move leases. After min_seconds the figure is the rate."""
+    meter = LoadMeter(window=60, min_records=1000, min_seconds=30)
+    published = [meter.sample(0, 0.1), meter.sample(10_000, 0.5)]
+    for step in range(2, 80):
+        now = step * 0.5
+        published.append(meter.sample(10_000 + math.floor(2500 * (now - 0.5)), now))
+    values = [v for v in published if v is not None]
+    assert len(values) == 1 and values[0] == pytest.approx(2500, rel=0.25)
 
 
 def test_a_steady_rate_is_published_once_and_a_real_change_again() -> None:

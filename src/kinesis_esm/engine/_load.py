@@ -3,8 +3,9 @@
 The balancer moves leases when workers' loads differ by more than its tolerance (10 % of the
 mean). A rate measured over one renewal interval is noise at ordinary rates (4 records/s over
 0.7 s is 2 or 3 records), and noise above the tolerance moves leases back and forth. So a rate
-is measured over a window long enough to hold `min_records` records (at most `window`
-seconds), and published only when it differs from the published one by more than `change`
+is measured over at least `min_seconds` (a shard just taken starts with a burst: its buffer
+filling at once), long enough to hold `min_records` records (at most `window` seconds), and
+published only when it differs from the published one by more than `change`
 and by more than counting noise (at low rates a few records more or less are no change).
 
 A new figure is also held back while the rate is still moving: when the window's last quarter
@@ -26,11 +27,19 @@ __all__ = ["LoadMeter"]
 
 class LoadMeter:
     def __init__(
-        self, *, window: float = 60.0, min_records: int = 1000, change: float = 0.25
+        self,
+        *,
+        window: float = 60.0,
+        min_records: int = 1000,
+        change: float = 0.25,
+        min_seconds: float = 30.0,
     ) -> None:
-        if not window > 0 or min_records < 1 or not 0 < change < 1:
-            raise ValueError("window > 0, min_records >= 1 and 0 < change < 1 are required")
+        if not window > 0 or min_records < 1 or not 0 < change < 1 or min_seconds < 0:
+            raise ValueError(
+                "window > 0, min_records >= 1, 0 < change < 1 and min_seconds >= 0 are required"
+            )
         self.window = window
+        self.min_seconds = min(min_seconds, window)
         self.min_records = min_records
         self.change = change
         self.published: float | None = None
@@ -45,7 +54,9 @@ class LoadMeter:
             samples.popleft()
         start, first = samples[0]
         elapsed, records = now - start, count - first
-        if elapsed <= 0 or (records < self.min_records and elapsed < self.window):
+        if elapsed <= 0 or elapsed < self.min_seconds:
+            return None
+        if records < self.min_records and elapsed < self.window:
             return None
         rate = max(0.0, records / elapsed)
         published = self.published

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -17,7 +17,9 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 for _variable in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE"):
     os.environ.pop(_variable, None)
 
+from tests.support.dynalite import dynalite, dynalite_server  # noqa: E402, F401 - fixtures
 from tests.support.emulators import Kinesalite, KinesisMock, MotoServer  # noqa: E402
+from tests.support.kinesis import KinesisClient, kinesis_client  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +41,20 @@ def moto(moto_server: MotoServer) -> str:
         moto_server.start()
     moto_server.reset()
     return moto_server.endpoint_url
+
+
+@pytest.fixture
+async def client(moto: str) -> AsyncIterator[KinesisClient]:
+    """A Kinesis client of the `moto` server (a test on another emulator defines its own)."""
+    async with kinesis_client(moto) as c:
+        yield c
+
+
+@pytest.fixture
+def dynamodb(dynalite: str) -> str:  # noqa: F811 - the fixture imported above
+    """DynamoDB for lease tests: dynalite, which locks an item between a condition and its
+    write as DynamoDB does (moto does not); use a table name of the test's own."""
+    return dynalite
 
 
 @pytest.fixture(scope="session")

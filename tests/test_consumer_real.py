@@ -30,7 +30,6 @@ from tests.support.kinesis import (
     KinesisClient,
     StreamRecord,
     create_stream,
-    kinesis_client,
     list_shard_ids,
     put_records,
     wait_for,
@@ -121,12 +120,6 @@ class RecordingSource(KinesisSource):
     def polled(self, shard_ids: set[str]) -> bool:
         """Every one of the shards has had at least one GetRecords answered."""
         return shard_ids <= {shard for _, shard, _ in self.calls}
-
-
-@pytest.fixture
-async def client(moto: str) -> AsyncIterator[KinesisClient]:
-    async with kinesis_client(moto) as c:
-        yield c
 
 
 @pytest.fixture

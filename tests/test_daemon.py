@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,6 @@ from tests.support.kinesis import (
     KinesisClient,
     StreamRecord,
     create_stream,
-    kinesis_client,
     put_records,
     wait_for,
 )
@@ -145,12 +144,6 @@ def daemon(tmp_path: Path) -> Iterator[DaemonRuns]:
     yield runs
     runs.kill_all()
     runs.block_flag.unlink(missing_ok=True)
-
-
-@pytest.fixture
-async def client(moto: str) -> AsyncIterator[KinesisClient]:
-    async with kinesis_client(moto) as c:
-        yield c
 
 
 def started(log: list[LogEntry], pid: int) -> set[str]:

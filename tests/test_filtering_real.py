@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,18 +21,11 @@ from kinesis_esm import (
 from tests.support.kinesis import (
     KinesisClient,
     create_stream,
-    kinesis_client,
     put_records,
     wait_for,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def client(moto: str) -> AsyncIterator[KinesisClient]:
-    async with kinesis_client(moto) as c:
-        yield c
 
 
 class Collect:

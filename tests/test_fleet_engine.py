@@ -13,7 +13,6 @@ import dataclasses
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -30,7 +29,6 @@ from kinesis_esm.engine._fleet import lease_checkpoint, text_checkpoint
 from kinesis_esm.leases import SHARD_END, Checkpoint
 from kinesis_esm.state import MemoryCheckpointStore
 from kinesis_esm.state._dynamodb import DynamoDBLeaseStore
-from tests.support.dynalite import Dynalite, dynalite_server  # noqa: F401 - a fixture
 from tests.support.emulators import KinesisMock
 from tests.support.http_faults import Fault, KinesisFaultInjector
 from tests.support.kinesis import (
@@ -106,20 +104,6 @@ def status_workers(stats: MappingStatistics) -> list[list[str]]:
 
 def ids(records: list[Any]) -> set[tuple[str, str]]:
     return {(r.shard_id, r.sequence_number) for r in records}
-
-
-@pytest.fixture
-async def client(moto: str) -> AsyncIterator[KinesisClient]:
-    async with kinesis_client(moto) as c:
-        yield c
-
-
-@pytest.fixture
-def dynamodb(dynalite_server: Dynalite) -> str:  # noqa: F811
-    """dynalite's endpoint: it locks an item between a condition and its write, as DynamoDB."""
-    if not dynalite_server.running:
-        dynalite_server.start()
-    return dynalite_server.endpoint_url
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,11 +18,9 @@ from kinesis_esm.engine._gone import AbsentShards
 from kinesis_esm.leases import SHARD_END, Checkpoint, Lease
 from kinesis_esm.state import MemoryCheckpointStore
 from kinesis_esm.state._dynamodb import DynamoDBLeaseStore
-from tests.support.dynalite import Dynalite, dynalite_server  # noqa: F401 - a fixture
 from tests.support.kinesis import (
     KinesisClient,
     create_stream,
-    kinesis_client,
     put_records,
     wait_for,
 )
@@ -89,19 +86,6 @@ def test_gone_exactly_when_absent_from_the_last_listings(
 
 
 # A worker against moto (Kinesis) and dynalite (leases).
-
-
-@pytest.fixture
-def dynamodb(dynalite_server: Dynalite) -> str:  # noqa: F811
-    if not dynalite_server.running:
-        dynalite_server.start()
-    return dynalite_server.endpoint_url
-
-
-@pytest.fixture
-async def client(moto: str) -> AsyncIterator[KinesisClient]:
-    async with kinesis_client(moto) as c:
-        yield c
 
 
 @pytest.mark.anyio

@@ -27,7 +27,6 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from tests.support.dynalite import Dynalite, dynalite_server  # noqa: F401 - a fixture
 from tests.support.fleet import (
     Fleet,
     config_text,
@@ -44,7 +43,6 @@ from tests.support.http_faults import Fault, KinesisFaultInjector
 from tests.support.kinesis import (
     KinesisClient,
     create_stream,
-    kinesis_client,
     put_records,
     wait_for,
 )
@@ -55,19 +53,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 FAILOVER = 2.0
 TAKE_EVERY = FAILOVER / 2
 RENEW_EVERY = FAILOVER / 3
-
-
-@pytest.fixture
-def dynamodb(dynalite_server: Dynalite) -> str:  # noqa: F811
-    if not dynalite_server.running:
-        dynalite_server.start()
-    return dynalite_server.endpoint_url
-
-
-@pytest.fixture
-async def client(moto: str) -> AsyncIterator[KinesisClient]:
-    async with kinesis_client(moto) as c:
-        yield c
 
 
 @pytest.fixture

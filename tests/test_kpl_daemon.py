@@ -9,7 +9,6 @@ import os
 import signal
 import sqlite3
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from tests.support.daemon_process import start_daemon
 from tests.support.kinesis import (
     KinesisClient,
     create_stream,
-    kinesis_client,
     put_records,
     wait_for,
 )
@@ -44,12 +42,6 @@ HANDLER = """
                 break
             time.sleep(0.01)
 """
-
-
-@pytest.fixture
-async def client(moto: str) -> AsyncIterator[KinesisClient]:
-    async with kinesis_client(moto) as c:
-        yield c
 
 
 def aggregate(keys: list[str]) -> tuple[str, bytes]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +26,11 @@ from kinesis_esm import (
 from tests.support.kinesis import (
     KinesisClient,
     create_stream,
-    kinesis_client,
     put_records,
     wait_for,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def client(moto: str) -> AsyncIterator[KinesisClient]:
-    async with kinesis_client(moto) as c:
-        yield c
 
 
 def aggregate(users: list[tuple[str, bytes]]) -> tuple[str, bytes]:

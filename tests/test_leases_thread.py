@@ -30,11 +30,9 @@ from kinesis_esm.leases import (
     ThreadedCoordinator,
 )
 from kinesis_esm.state import MemoryCheckpointStore
-from tests.support.dynalite import Dynalite, dynalite_server  # noqa: F401 - a fixture
 from tests.support.kinesis import (
     KinesisClient,
     create_stream,
-    kinesis_client,
     put_records,
     wait_for,
 )
@@ -238,19 +236,6 @@ async def test_contrast_on_the_main_loop_the_same_block_loses_the_leases() -> No
 
 
 # Through the engine: a handler that blocks the loop, leases in dynalite, records in moto.
-
-
-@pytest.fixture
-def dynamodb(dynalite_server: Dynalite) -> str:  # noqa: F811
-    if not dynalite_server.running:
-        dynalite_server.start()
-    return dynalite_server.endpoint_url
-
-
-@pytest.fixture
-async def client(moto: str) -> AsyncIterator[KinesisClient]:
-    async with kinesis_client(moto) as c:
-        yield c
 
 
 async def test_a_worker_whose_handler_blocks_the_loop_keeps_its_leases(

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from tests.support.daemon_process import start_daemon
 from tests.support.kinesis import (
     KinesisClient,
     create_stream,
-    kinesis_client,
     put_records,
     wait_for,
 )
@@ -78,12 +76,6 @@ HANDLER = """
             context=context,
         )
 """
-
-
-@pytest.fixture
-async def client(moto: str) -> AsyncIterator[KinesisClient]:
-    async with kinesis_client(moto) as c:
-        yield c
 
 
 def processed(output: str) -> list[tuple[str, str, str]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,12 @@ from tests.support.emulators import free_port
 from tests.support.kinesis import (
     KinesisClient,
     create_stream,
-    kinesis_client,
     put_records,
     wait_for,
 )
 
 pytestmark = pytest.mark.anyio
 TOKEN = "s3cr3t-token-value"
-
-
-@pytest.fixture
-async def client(moto: str) -> AsyncIterator[KinesisClient]:
-    async with kinesis_client(moto) as c:
-        yield c
 
 
 class Service:

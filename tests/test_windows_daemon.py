@@ -33,7 +33,6 @@ from tests.support.kinesis import (
     KinesisClient,
     StreamRecord,
     create_stream,
-    kinesis_client,
     put_records,
     wait_for,
 )
@@ -193,12 +192,6 @@ def daemons(tmp_path: Path) -> Iterator[Daemons]:
     yield runs
     runs.kill_all()
     runs.block.unlink(missing_ok=True)
-
-
-@pytest.fixture
-async def client(moto: str) -> AsyncIterator[KinesisClient]:
-    async with kinesis_client(moto) as c:
-        yield c
 
 
 def seqs(records: list[StreamRecord]) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,7 +28,6 @@ from kinesis_esm.policy._windows import MAX_STATE_BYTES, window_of
 from tests.support.kinesis import (
     KinesisClient,
     create_stream,
-    kinesis_client,
     put_records,
     wait_for,
 )
@@ -39,12 +37,6 @@ pytestmark = pytest.mark.anyio
 IDLE_CLOSE = 0.8
 FAST_POLL = PollSettings(base_interval=0.1, min_interval=0.05, window_idle_close=IDLE_CLOSE)
 FAST_RETRY = RetrySettings(initial=0.02, maximum=0.1)
-
-
-@pytest.fixture
-async def client(moto: str) -> AsyncIterator[KinesisClient]:
-    async with kinesis_client(moto) as c:
-        yield c
 
 
 def epoch(iso: str) -> int:

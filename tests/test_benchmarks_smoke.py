@@ -203,7 +203,7 @@ def test_replay_pages_realign_after_a_mid_page_start_and_fragments_are_exact_siz
 
 
 def test_fleet_scale_rows_report_the_ratio_of_valid_interleaved_runs() -> None:
-    from benchmarks.fleet import ScaleRun, scale_ratio, scale_rows
+    from benchmarks.fleet_scale import ScaleRun, scale_ratio, scale_rows
 
     runs = [
         ScaleRun(1, 400_000, 1.0, [1.0], 0.05, False),

@@ -47,8 +47,8 @@ from kinesis_esm.functions._lambda import (
 from kinesis_esm.testing import make_event, make_records, run_handler
 from tests.support.destinations import aws_client
 from tests.support.emulators import free_port
+from tests.support.http_server import Behaviour, LocalServer
 from tests.support.kinesis import create_stream, kinesis_client, put_records, wait_for
-from tests.test_functions_http import Behaviour, LocalServer
 
 pytestmark = pytest.mark.anyio
 

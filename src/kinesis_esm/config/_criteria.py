@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..policy._filters import INVALID_PATTERN_MESSAGE, PatternError, compile_pattern
+from ..policy._patterns import MAX_PATTERN_DEPTH, nesting_depth
 from ._errors import ConfigError, _constraint, _expect, _type_name
 
 __all__ = [
@@ -19,9 +20,6 @@ __all__ = [
 
 MAX_FILTERS = 5  # Lambda's default quota (raisable to 10 on AWS)
 MAX_PATTERN_LENGTH = 4096
-# Objects and arrays inside each other; ours (Lambda publishes none). Deep enough for any real
-# record's fields, and far below what would exhaust Python's stack in the parser or the checks.
-MAX_PATTERN_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,33 +30,6 @@ class Filter:
 @dataclass(frozen=True, slots=True)
 class FilterCriteria:
     filters: tuple[Filter, ...] = ()
-
-
-def nesting_depth(text: str | bytes, limit: int) -> int:
-    """How deeply JSON ``text`` nests objects and arrays, counted without parsing it (brackets
-    inside strings do not count), up to ``limit + 1``: a bound to check before ``json.loads``."""
-    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in data:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > limit:
-                    break
-        elif byte in (0x5D, 0x7D):  # ] }
-            depth -= 1
-    return deepest
 
 
 def check_filter(index: int, flt: object) -> None:

@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
-from ..config._criteria import nesting_depth
+from ..policy._patterns import nesting_depth
 from ._errors import WireError
 
 __all__ = [

@@ -35,11 +35,14 @@ __all__ = [
     "Pred",
     "check_depth",
     "join_path",
+    "nesting_depth",
     "parse_pattern",
 ]
 
 INVALID_PATTERN_MESSAGE = "Invalid filter pattern definition."  # Lambda's, for the API error
-MAX_PATTERN_DEPTH = 32  # brackets and braces; bounds the compiler's recursion
+# Objects and arrays inside each other; ours (Lambda publishes none). Deep enough for any real
+# record's fields, and far below what would exhaust Python's stack in the parser or the checks.
+MAX_PATTERN_DEPTH = 32
 
 
 class PatternError(ValueError):
@@ -98,29 +101,37 @@ DATA_DECODER = json.JSONDecoder(
 )
 
 
-def check_depth(text: str) -> None:
-    """Refuse deep nesting before json sees it (its recursion would otherwise be the limit)."""
-    depth = 0
+def nesting_depth(text: str | bytes, limit: int) -> int:
+    """How deeply JSON ``text`` nests objects and arrays, counted without parsing it (brackets
+    inside strings do not count), up to ``limit + 1``: a bound to check before ``json.loads``."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    depth = deepest = 0
     in_string = escaped = False
-    for position, char in enumerate(text):
+    for byte in data:
         if in_string:
             if escaped:
                 escaped = False
-            elif char == "\\":
+            elif byte == 0x5C:  # backslash
                 escaped = True
-            elif char == '"':
+            elif byte == 0x22:  # quote
                 in_string = False
-        elif char == '"':
+        elif byte == 0x22:
             in_string = True
-        elif char in "[{":
+        elif byte in (0x5B, 0x7B):  # [ {
             depth += 1
-            if depth > MAX_PATTERN_DEPTH:
-                raise PatternError(
-                    f"the pattern nests deeper than {MAX_PATTERN_DEPTH} levels "
-                    f"(at character {position})"
-                )
-        elif char in "]}":
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    break
+        elif byte in (0x5D, 0x7D):  # ] }
             depth -= 1
+    return deepest
+
+
+def check_depth(text: str) -> None:
+    """Refuse deep nesting before json sees it (its recursion would otherwise be the limit)."""
+    if nesting_depth(text, MAX_PATTERN_DEPTH) > MAX_PATTERN_DEPTH:
+        raise PatternError(f"the pattern nests deeper than {MAX_PATTERN_DEPTH} levels")
 
 
 def parse_pattern(text: str) -> Any:

@@ -5,6 +5,8 @@ under the same load, so the threaded result is not a property of the load being 
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import threading
 import time
 import uuid
@@ -140,6 +142,38 @@ async def test_cancelling_the_caller_cancels_the_call_there_and_waits_for_its_en
             tg.cancel_scope.cancel()
     assert not scope.cancelled_caught
     assert cleaned.is_set()  # ended there before the caller's cancellation completed
+
+
+async def test_a_cancelled_call_whose_end_raises_leaves_no_unretrieved_error(
+    thread: LeaseThread,
+) -> None:
+    """The error a cancelled call ends with is the cancellation's: it is retrieved, so asyncio
+    never reports "exception was never retrieved" for it (it did, once, after every kill)."""
+    entered = threading.Event()
+    reports: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reports.append(context))
+
+    async def raises_when_cancelled() -> None:
+        entered.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            raise KeyError("while cancelled")
+
+    try:
+        with anyio.move_on_after(5) as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(thread.call, raises_when_cancelled)
+                await wait_for(entered.is_set, 5, message="the call to begin")
+                tg.cancel_scope.cancel()
+        gc.collect()  # an unretrieved future is reported when it is collected
+        await anyio.lowlevel.checkpoint()
+    finally:
+        loop.set_exception_handler(previous)
+    assert not scope.cancelled_caught
+    assert reports == []
 
 
 async def test_a_stopped_thread_refuses_calls_and_closing_twice_is_harmless() -> None:

@@ -126,8 +126,15 @@ class LeaseThread:
         except BaseException:
             if not result.done():
                 loop.call_soon_threadsafe(cancel)
+                waiter = asyncio.wrap_future(result)
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_CANCEL_WAIT):
-                    await asyncio.wait([asyncio.wrap_future(result)])
+                    await asyncio.wait([waiter])
+                # the outcome is the cancellation's, not the caller's: retrieve it (asyncio
+                # reports a future's exception nobody retrieved), or drop a late one
+                if waiter.done():
+                    waiter.exception()
+                else:
+                    waiter.cancel()
             raise
 
     async def aclose(self) -> None:

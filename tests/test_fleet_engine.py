@@ -20,16 +20,16 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from kinesis_esm import Engine, EventSourceMappingConfig, KinesisConfig, PollSettings
+from kinesis_esm import Engine, EventSourceMappingConfig, PollSettings
 from kinesis_esm._statistics import MappingStatistics, WorkerStatistics
 from kinesis_esm.cli._status import rows as status_rows
 from kinesis_esm.cli._status import worker_rows
-from kinesis_esm.config import ConfigError, CoordinationConfig
+from kinesis_esm.config import CoordinationConfig
 from kinesis_esm.engine._fleet import lease_checkpoint, text_checkpoint
 from kinesis_esm.leases import SHARD_END, Checkpoint
-from kinesis_esm.state import MemoryCheckpointStore
 from kinesis_esm.state._dynamodb import DynamoDBLeaseStore
 from tests.support.emulators import KinesisMock
+from tests.support.fleet_engines import fleet_coordination, fleet_engine
 from tests.support.http_faults import Fault, KinesisFaultInjector
 from tests.support.kinesis import (
     KinesisClient,
@@ -112,23 +112,12 @@ def table() -> str:
 
 
 def coordination(dynamodb: str, table: str, worker: str) -> CoordinationConfig:
-    return CoordinationConfig(
-        backend="dynamodb",
-        table=table,
-        worker_id=worker,
-        failover_time=FAILOVER,
-        endpoint_url=dynamodb,
-        region="us-east-1",
-    )
+    return fleet_coordination(dynamodb, table, worker, failover_time=FAILOVER)
 
 
 def worker(moto: str, dynamodb: str, table: str, name: str) -> Engine:
-    return Engine(
-        kinesis=KinesisConfig(endpoint_url=moto, region="us-east-1"),
-        checkpoint_store=MemoryCheckpointStore(),
-        poll_settings=FAST_POLL,
-        shard_sync_interval=2.0,
-        coordination=coordination(dynamodb, table, name),
+    return fleet_engine(
+        moto, dynamodb, table, name, poll_settings=FAST_POLL, failover_time=FAILOVER
     )
 
 
@@ -220,19 +209,6 @@ async def test_two_workers_split_the_shards_and_a_stop_hands_off_without_duplica
     for _, _, seq, key in seen.seen:
         per_key[key].append(int(seq))
     assert all(seqs == sorted(seqs) for seqs in per_key.values())
-
-
-async def test_a_fleet_refuses_tumbling_windows_before_starting(
-    moto: str, dynamodb: str, table: str
-) -> None:
-    arn = "arn:aws:kinesis:us-east-1:123456789012:stream/windows"
-    async with worker(moto, dynamodb, table, "a") as engine:
-        with pytest.raises(ConfigError) as caught:
-            await engine.add_mapping(
-                mapping(arn, tumbling_window_in_seconds=30), lambda event, context: None
-            )
-    assert caught.value.parameter == "tumbling_window_in_seconds"
-    assert "fleet" in str(caught.value)
 
 
 async def test_the_start_time_is_the_fleets_first(dynamodb: str, table: str) -> None:

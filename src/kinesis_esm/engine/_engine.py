@@ -199,7 +199,6 @@ class Engine:
             )
         runner_class: Callable[..., MappingRunner] = MappingRunner
         if self.fleet is not None:
-            self.fleet.check(config)
             runner_class = functools.partial(FleetMappingRunner, fleet=self.fleet)
         runner = runner_class(
             config,

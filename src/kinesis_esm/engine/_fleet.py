@@ -12,6 +12,11 @@ A checkpoint's text (the pipeline's) and a lease's `Checkpoint` map one to one:
 ``"<sequence>"`` (the whole record done) is ``Checkpoint(sequence, 0)``; ``"<sequence>:<k>"``
 (user records 0..k of a KPL aggregate done) is ``Checkpoint(sequence, k + 1)``, so that
 "user record 0 done" and "the whole record done" stay apart.
+
+Tumbling windows: the window state rides in the lease's `Checkpoint` (one conditional write
+with it), so a hand-off or a take carries it to the next owner. A lease row is one DynamoDB
+item of at most 400 KB, so a fleet ends a window early once its state passes
+`WINDOW_STATE_LIMIT` (256 KiB), where Lambda allows 1 MB (docs/fleet.md).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Protocol
 
 import anyio
 
-from ..config import CoordinationConfig, EventSourceMappingConfig, NotSupportedYetError
+from ..config import CoordinationConfig
 from ..leases import (
     Checkpoint,
     CheckpointOutcome,
@@ -39,10 +44,12 @@ from ..leases import (
     MainLoopConsumer,
     ThreadedCoordinator,
 )
+from ..leases._model import MAX_WINDOW_STATE_BYTES
 from ..state import SHARD_END
 from ..state._dynamodb import DynamoDBLeaseStore
 
 __all__ = [
+    "WINDOW_STATE_LIMIT",
     "Fleet",
     "FleetStore",
     "LeaseCommitter",
@@ -54,6 +61,9 @@ __all__ = [
 log = logging.getLogger("kinesis_esm.fleet")
 
 START_TIMEOUT = 60.0  # how long a start waits for an unreachable lease table before giving up
+# A window whose state (serialized JSON) passes this ends early, as Lambda's does at 1 MB: the
+# state, with its snapshot around it, must fit in the lease row next to the checkpoint.
+WINDOW_STATE_LIMIT = 256 * 1024
 
 
 def default_worker_id() -> str:
@@ -93,21 +103,27 @@ class LeaseCommitter:
     """A `CheckpointCommitter` fenced by the shard's lease: False once the lease is lost.
 
     Checkpoints are recorded at once and written with the next renewal (SHARD_END at once), so
-    the table's request rate does not grow with the record rate."""
+    the table's request rate does not grow with the record rate. A window state goes with its
+    checkpoint. One too big for the lease row is the state that has just passed
+    `WINDOW_STATE_LIMIT`, with the early final invocation still to come: that checkpoint is not
+    recorded, so the one before stays (a loss replays the batch, which rebuilds the state),
+    and the early final's own commit moves the checkpoint on, with the window's fresh state."""
 
     coordinator: ThreadedCoordinator
 
     async def commit(
         self, shard_id: str, sequence: str, *, window_state: bytes | None = None
     ) -> bool:
-        if window_state is not None:  # refused at add_mapping; a guard against silent loss
-            raise NotSupportedYetError(
-                "tumbling windows are not supported in a fleet yet",
-                parameter="tumbling_window_in_seconds",
+        if window_state is not None and len(window_state) > MAX_WINDOW_STATE_BYTES:
+            log.debug(
+                "%s: a window state of %d bytes waits for its early final, not stored",
+                shard_id,
+                len(window_state),
             )
+            return self.coordinator.holds(shard_id)
         checkpoint = lease_checkpoint(sequence)
         outcome = await self.coordinator.checkpoint(
-            shard_id, checkpoint.sequence, checkpoint.sub_sequence
+            shard_id, checkpoint.sequence, checkpoint.sub_sequence, window_state=window_state
         )
         return outcome is not CheckpointOutcome.LOST
 
@@ -195,16 +211,6 @@ class Fleet:
                 await self.thread.aclose()
         finally:
             await self.store.aclose()
-
-    def check(self, config: EventSourceMappingConfig) -> None:
-        """What a fleet cannot run yet: refused before the mapping starts."""
-        if config.tumbling_window_in_seconds:
-            raise NotSupportedYetError(
-                "tumbling windows keep their state with the checkpoint, which a fleet's lease "
-                "table cannot hold yet",
-                parameter="tumbling_window_in_seconds",
-                hint='use [coordination] backend = "local" for a mapping with tumbling windows',
-            )
 
     def coordinator(
         self, mapping_uuid: str, consumer: LeaseConsumer, *, function_timeout: float

@@ -34,9 +34,10 @@ from .._errors import SourceError
 from .._statistics import MappingStatistics, ShardStatistics, WorkerStatistics
 from ..leases import FleetSnapshot, Lease, LeaseLoad, LeaseStoreError, eligible_leases
 from ..pipeline._consumer import ShardConsumer
+from ..pipeline._windowed import WindowedLanes
 from ..source import ShardInfo
 from ..state import SHARD_END
-from ._fleet import Fleet, LeaseCommitter, lease_checkpoint, text_checkpoint
+from ._fleet import WINDOW_STATE_LIMIT, Fleet, LeaseCommitter, lease_checkpoint, text_checkpoint
 from ._gone import AbsentShards
 from ._load import LoadMeter
 from ._mapping import MappingRunner
@@ -51,7 +52,6 @@ class FleetMappingRunner(MappingRunner):
 
     def __init__(self, *args: Any, fleet: Fleet, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        fleet.check(self.config)
         self.fleet = fleet
         self.worker_id = fleet.worker_id
         self.coordinator = fleet.coordinator(
@@ -248,6 +248,7 @@ class FleetMappingRunner(MappingRunner):
             fan_out=self.fan_out,
             consumer_arn=self.consumer_arn,
             lease=self.coordinator,
+            windows=self._leased_windows(lease),
             read_budget=self.read_budget,
         )
         done = anyio.Event()
@@ -275,6 +276,12 @@ class FleetMappingRunner(MappingRunner):
                 self._shards.setdefault(child, _shard_of_parents(child, parents))
             if children and await self._add_leases(children):
                 self._sync_requested.set()
+
+    def _leased_windows(self, lease: Lease) -> WindowedLanes | None:
+        """The shard's tumbling windows from the state in its lease's checkpoint (the last
+        owner's, carried by the hand-off or take; none: a fresh window), capped for the row."""
+        stored = lease.checkpoint.window_state if lease.checkpoint is not None else None
+        return self._restore_windows(lease.shard_id, stored, max_state_bytes=WINDOW_STATE_LIMIT)
 
     async def _report_loads(self) -> None:
         """Each held shard's records/s, published with the renewals for the balancer (steady

@@ -25,6 +25,7 @@ from ..pipeline._processor import BatchProcessor
 from ..pipeline._settings import PollSettings, RetrySettings
 from ..pipeline._windowed import WindowedLanes
 from ..policy._filters import RecordFilter
+from ..policy._windows import MAX_STATE_BYTES
 from ..source import IteratorPosition, ShardInfo, StreamSource
 from ..source._consumers import FanOutClient
 from ..state import SHARD_END, CheckpointStore
@@ -235,15 +236,27 @@ class MappingRunner:
     async def _windows_for(self, shard_id: str) -> WindowedLanes | None:
         """Tumbling windows for a shard starting, from the state stored with its checkpoint
         (none for a new shard, so children start fresh)."""
+        if not self.config.tumbling_window_in_seconds:
+            return None
+        return self._restore_windows(
+            shard_id, await self.store.get_window_state(self.uuid, shard_id)
+        )
+
+    def _restore_windows(
+        self, shard_id: str, stored: bytes | None, *, max_state_bytes: int = MAX_STATE_BYTES
+    ) -> WindowedLanes | None:
+        """The shard's windows from a stored state (None: fresh), wherever it was stored;
+        None when the mapping has no windows."""
         length = self.config.tumbling_window_in_seconds
         if not length:
             return None
         return WindowedLanes.restore(
             self.processor,
             length,
-            await self.store.get_window_state(self.uuid, shard_id),
+            stored,
             idle_close_seconds=self.poll_settings.window_idle_close,
             shard_id=shard_id,
+            max_state_bytes=max_state_bytes,
         )
 
     async def _register_consumer(self) -> None:

@@ -89,16 +89,24 @@ class LeaseCoordinator:
 
     def defer_checkpoint(self, shard_id: str, checkpoint: Checkpoint) -> bool:
         """Record "resume after this" for the next renewal if that needs no write and no
-        await (so another thread may call it); False: call `checkpoint` instead."""
+        await (so another thread may call it); False: call `checkpoint` instead. A window
+        state travels in `checkpoint.window_state`."""
         return self._held.defer(shard_id, checkpoint)
 
     async def checkpoint(
-        self, shard_id: str, sequence: str, sub_sequence: int = 0, *, force: bool = False
+        self,
+        shard_id: str,
+        sequence: str,
+        sub_sequence: int = 0,
+        *,
+        force: bool = False,
+        window_state: bytes | None = None,
     ) -> CheckpointOutcome:
-        """Record "resume after this record". Fenced; batched unless `force` or SHARD_END.
+        """Record "resume after this record" (with the shard's tumbling-window state, if
+        any, written in the same update). Fenced; batched unless `force` or SHARD_END.
 
         LOST means the shard must stop at once (on_lease_lost has been called too)."""
-        checkpoint = Checkpoint(sequence, sub_sequence)
+        checkpoint = Checkpoint(sequence, sub_sequence, window_state)
         return await self._held.checkpoint(shard_id, checkpoint, force=force)
 
     async def add_shards(

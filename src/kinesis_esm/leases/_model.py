@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 __all__ = [
+    "MAX_WINDOW_STATE_BYTES",
     "SHARD_END",
     "Checkpoint",
     "Conflict",
@@ -26,6 +27,8 @@ __all__ = [
 ]
 
 SHARD_END = "SHARD_END"  # the same sentinel as kinesis_esm.state.SHARD_END
+# A DynamoDB item holds at most 400 KB, the row's other attributes included: room left for them.
+MAX_WINDOW_STATE_BYTES = 384 * 1024
 
 K = TypeVar("K", bound=Hashable)
 
@@ -46,16 +49,29 @@ class LeaseLoad:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """'Resume after this record': a sequence number (or SHARD_END) and a KPL sub-sequence."""
+    """'Resume after this record': a sequence number (or SHARD_END) and a KPL sub-sequence,
+    with the shard's tumbling-window state when the mapping has windows (stored in the same
+    write, so a new owner resumes the window exactly where the checkpoint is). Equality covers
+    the state: a changed state alone is a new checkpoint to write."""
 
     sequence: str
     sub_sequence: int = 0
+    window_state: bytes | None = field(default=None, repr=False)  # up to ~384 KiB: not logged
 
     def __post_init__(self) -> None:
         if not self.sequence:
             raise ValueError("checkpoint sequence must be a non-empty string")
         if self.sub_sequence < 0:
             raise ValueError(f"sub_sequence must be >= 0, got {self.sub_sequence}")
+        state = self.window_state
+        if state is not None:
+            if not isinstance(state, bytes) or not state:
+                raise ValueError("window_state must be non-empty bytes or None")
+            if len(state) > MAX_WINDOW_STATE_BYTES:
+                raise ValueError(
+                    f"window_state must be at most {MAX_WINDOW_STATE_BYTES} bytes (a lease row "
+                    f"holds 400 KB), got {len(state)}"
+                )
 
     @property
     def shard_end(self) -> bool:

@@ -270,13 +270,22 @@ class ThreadedCoordinator:
     # calls that may write
 
     async def checkpoint(
-        self, shard_id: str, sequence: str, sub_sequence: int = 0, *, force: bool = False
+        self,
+        shard_id: str,
+        sequence: str,
+        sub_sequence: int = 0,
+        *,
+        force: bool = False,
+        window_state: bytes | None = None,
     ) -> CheckpointOutcome:
-        if not force and self.inner.defer_checkpoint(shard_id, Checkpoint(sequence, sub_sequence)):
+        checkpoint = Checkpoint(sequence, sub_sequence, window_state)
+        if not force and self.inner.defer_checkpoint(shard_id, checkpoint):
             return CheckpointOutcome.DEFERRED
 
         async def write() -> CheckpointOutcome:
-            return await self.inner.checkpoint(shard_id, sequence, sub_sequence, force=force)
+            return await self.inner.checkpoint(
+                shard_id, sequence, sub_sequence, force=force, window_state=window_state
+            )
 
         return await self.thread.call(write)
 

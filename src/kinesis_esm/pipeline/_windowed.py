@@ -12,9 +12,10 @@ does the awaiting. docs/filtering-and-windows.md is the user guide. The I/O-side
 * **Every invocation gets the current state.** A batch runs under the failure policy like any
   other (``BatchRun``: retries, record age, bisect, partial responses, destinations); before
   each invocation of a range, the policy is asked again, so a retry or a bisect half gets the
-  state as it is then, and an early-termination final (state over 1 MB) comes before the rest
-  of the batch. The response must have ``state`` (else a function error under the policy),
-  then ``batchItemFailures`` is read when ReportBatchItemFailures is on. Only records that
+  state as it is then, and an early-termination final (state over 1 MB, or the lower
+  ``max_state_bytes`` a fleet sets) comes before the rest of the batch. The response must
+  have ``state`` (else a function error under the policy), then ``batchItemFailures`` is read
+  when ReportBatchItemFailures is on. Only records that
   succeeded move the state on, and the new state is stored with the checkpoint they allow
   (a partial response that completes no record changes nothing).
 * **The final invocation** (no records, ``isFinalInvokeForWindow``) comes when the next record
@@ -40,6 +41,7 @@ from ..events._record import Record
 from ..functions import InvokeResult
 from ..policy._failures import Discard, Step
 from ..policy._windows import (
+    MAX_STATE_BYTES,
     ShardWindows,
     WindowIdle,
     WindowInvoke,
@@ -79,10 +81,15 @@ class WindowedLanes:
         idle_close_seconds: float,
         snapshot: WindowSnapshot | None = None,
         clock: Callable[[], float] | None = None,
+        max_state_bytes: int = MAX_STATE_BYTES,
     ) -> None:
+        """``max_state_bytes``: a response's state above this ends the window early."""
         self.processor = processor
         self.windows = ShardWindows(
-            length, idle_close_seconds=idle_close_seconds, snapshot=snapshot
+            length,
+            idle_close_seconds=idle_close_seconds,
+            max_state_bytes=max_state_bytes,
+            snapshot=snapshot,
         )
         self._clock = clock
 
@@ -95,6 +102,7 @@ class WindowedLanes:
         *,
         idle_close_seconds: float,
         shard_id: str,
+        max_state_bytes: int = MAX_STATE_BYTES,
     ) -> WindowedLanes:
         """From the state stored with the shard's checkpoint (None: a fresh start)."""
         snapshot = None
@@ -109,7 +117,13 @@ class WindowedLanes:
                     shard_id,
                     exc,
                 )
-        return cls(processor, length, idle_close_seconds=idle_close_seconds, snapshot=snapshot)
+        return cls(
+            processor,
+            length,
+            idle_close_seconds=idle_close_seconds,
+            snapshot=snapshot,
+            max_state_bytes=max_state_bytes,
+        )
 
     def now(self) -> float:
         # the processor's wall clock unless given one: a single seam for tests
@@ -253,7 +267,7 @@ class WindowedRun(BatchRun):
                 raise RuntimeError("the window policy has nothing to invoke for a batch")
             if not step.final:
                 break
-            # the state passed 1 MB within this batch: the early final, then the rest
+            # the state passed the limit within this batch: the early final, then the rest
             if not await lanes.final(self.windowed_shard, step):
                 return None  # stopped: run() returns at its stop-aware back-off
         if step.count != len(records):

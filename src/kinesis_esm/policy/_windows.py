@@ -22,7 +22,8 @@ docs/filtering-and-windows.md is the user guide. Choices, where AWS documents no
   window's end. Until it succeeds nothing else of the shard is invoked.
 * **1 MB.** A response whose state serializes to more than 1 MiB ends the window early: the final
   invocation carries that state with ``isWindowTerminatedEarly``, then the same window goes on
-  with ``{}`` (aws-lambda-go's reading of Lambda's behaviour).
+  with ``{}`` (aws-lambda-go's reading of Lambda's behaviour). The limit is a parameter
+  (``max_state_bytes``): a fleet, whose lease row must hold the state, sets a lower one.
 * **Persistence.** :meth:`ShardWindows.snapshot` is what must be stored atomically with the
   checkpoint; restored, the window resumes from exactly the state that the checkpointed records
   produced, so a retry, a restart or a kill never applies a record to the state twice.
@@ -212,6 +213,10 @@ class ShardWindows:
             raise ValueError(f"window length {length} is outside 1-{MAX_WINDOW_SECONDS} seconds")
         if idle_close_seconds < 0:
             raise ValueError(f"idle_close_seconds must be >= 0, not {idle_close_seconds}")
+        if not 2 <= max_state_bytes <= MAX_STATE_BYTES:  # 2: at least "{}"
+            raise ValueError(
+                f"max_state_bytes must be between 2 and {MAX_STATE_BYTES}, not {max_state_bytes}"
+            )
         self.length = length
         self.idle_close_seconds = idle_close_seconds
         self.max_state_bytes = max_state_bytes

@@ -4,8 +4,10 @@ One table, created on first start if missing (``_dynamodb_table``). Hash key `ma
 key `leaseKey`: a shard id for a lease row, ``worker#<id>`` for a worker row, so one Query
 reads a mapping's whole fleet. Lease rows carry KCL's attributes (leaseOwner, leaseCounter,
 checkpoint, checkpointSubSequenceNumber, parentShardIds, ownerSwitchesSinceCheckpoint) plus
-handoffTarget, recordsPerSecond and bytesPerSecond; worker rows carry heartbeatCounter. One
-more partition, ``#mappings``, has a row per mapping (``leaseKey`` = its UUID) with startedAt.
+handoffTarget, recordsPerSecond, bytesPerSecond and windowState (binary: a tumbling window's
+state, part of the checkpoint, so written or removed with it in the same update); worker rows
+carry heartbeatCounter. One more partition, ``#mappings``, has a row per mapping (``leaseKey``
+= its UUID) with startedAt.
 
 Every lease write is conditional, and a failed condition comes back as `Conflict` with the row
 as it is now. Every call has a timeout. Checkpoints are not written here on their own schedule:
@@ -142,7 +144,7 @@ class DynamoDBLeaseStore:
     ) -> bool:
         if shard_id.startswith(_WORKER_PREFIX):
             raise ValueError(f"a shard id may not start with {_WORKER_PREFIX!r}: {shard_id!r}")
-        attributes: dict[str, str | float] = {
+        attributes: dict[str, str | float | bytes] = {
             "entityType": "lease",
             "leaseCounter": 0,
             "ownerSwitchesSinceCheckpoint": 0,
@@ -150,9 +152,11 @@ class DynamoDBLeaseStore:
         if checkpoint is not None:
             attributes["checkpoint"] = checkpoint.sequence
             attributes["checkpointSubSequenceNumber"] = checkpoint.sub_sequence
+            if checkpoint.window_state is not None:
+                attributes["windowState"] = checkpoint.window_state
         item = {name: _value(value) for name, value in attributes.items()}
         if parent_shard_ids:
-            item["parentShardIds"] = {"SS": sorted(set(parent_shard_ids))}  # type: ignore[dict-item]
+            item["parentShardIds"] = {"SS": sorted(set(parent_shard_ids))}
         done, _ = await self._attempt(
             "put_item",
             TableName=self.table,

@@ -1,8 +1,8 @@
 """Lease rows as DynamoDB items, and the conditional updates written to them.
 
-Attribute values go out in DynamoDB's typed form (``{"S": ...}``, ``{"N": ...}``) and a row
-read back becomes a `Lease`; `_Update` builds one UpdateExpression, its condition and only the
-placeholders they name (DynamoDB rejects unused ones).
+Attribute values go out in DynamoDB's typed form (``{"S": ...}``, ``{"N": ...}``,
+``{"B": ...}``) and a row read back becomes a `Lease`; `_Update` builds one UpdateExpression,
+its condition and only the placeholders they name (DynamoDB rejects unused ones).
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from ..leases._model import Checkpoint, Lease, LeaseLoad
 __all__: list[str] = []
 
 
-def _value(value: str | float) -> dict[str, str]:
+def _value(value: str | float | bytes) -> dict[str, Any]:
     if isinstance(value, str):
         return {"S": value}
+    if isinstance(value, bytes):
+        return {"B": value}  # botocore base64-encodes it on the wire and decodes it back
     return {"N": str(value) if isinstance(value, int) else f"{value:.3f}"}
 
 
@@ -33,7 +35,12 @@ def _lease_from_item(item: dict[str, Any]) -> Lease:
     sequence = _text(item, "checkpoint")
     checkpoint = None
     if sequence is not None:
-        checkpoint = Checkpoint(sequence, int(_number(item, "checkpointSubSequenceNumber")))
+        state = item.get("windowState", {}).get("B")
+        checkpoint = Checkpoint(
+            sequence,
+            int(_number(item, "checkpointSubSequenceNumber")),
+            None if state is None else bytes(state),
+        )
     return Lease(
         mapping_uuid=item["mappingUuid"]["S"],
         shard_id=item["leaseKey"]["S"],
@@ -56,9 +63,9 @@ class _Update:
         self.sets: list[str] = []
         self.removes: list[str] = []
         self.condition = ""
-        self.values: dict[str, str | float] = {"one": 1, "zero": 0}
+        self.values: dict[str, str | float | bytes] = {"one": 1, "zero": 0}
 
-    def set(self, attribute: str, expression: str, **values: str | float) -> _Update:
+    def set(self, attribute: str, expression: str, **values: str | float | bytes) -> _Update:
         self.sets.append(f"{attribute} = {expression}")
         self.values.update(values)
         return self
@@ -83,10 +90,15 @@ class _Update:
         )
 
     def checkpoint(self, checkpoint: Checkpoint | None, switches_after: int) -> bool:
+        """A new checkpoint, with its window state or, having none, without the last one's."""
         if checkpoint is not None:
             self.set("checkpoint", ":cp", cp=checkpoint.sequence)
             self.set("checkpointSubSequenceNumber", ":sub", sub=checkpoint.sub_sequence)
             self.set("ownerSwitchesSinceCheckpoint", ":sw", sw=switches_after)
+            if checkpoint.window_state is None:
+                self.remove("windowState")
+            else:
+                self.set("windowState", ":ws", ws=checkpoint.window_state)
         return checkpoint is not None
 
     def owner_switched(self) -> None:

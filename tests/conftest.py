@@ -21,6 +21,9 @@ from tests.support.dynalite import dynalite, dynalite_server  # noqa: E402, F401
 from tests.support.emulators import Kinesalite, KinesisMock, MotoServer  # noqa: E402
 from tests.support.kinesis import KinesisClient, kinesis_client  # noqa: E402
 
+# fixtures of support modules, for every test module
+pytest_plugins = ("tests.support.environments",)
+
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:

@@ -11,11 +11,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from kinesis_esm.config import ControlConfig
 from kinesis_esm.control import MAX_BODY_BYTES
-from tests.support.control import ACCOUNT, call, lambda_client, running_daemon
+from tests.support.control import ACCOUNT, call, lambda_client, running_daemon, scrape
 from tests.support.kinesis import create_stream, kinesis_client, put_records, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -369,14 +368,6 @@ async def test_disable_then_enable_resumes_after_the_checkpoint(tmp_path: Path, 
         await wait_for(lambda: recorder.sequences() == first + second, 30, message="resumed")
         got = await call(client.get_event_source_mapping, UUID=uuid)
         assert got["LastProcessingResult"] == "OK"
-
-
-def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
 
 
 async def create_enabled(client: Any, arn: str) -> str:

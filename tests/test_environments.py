@@ -13,9 +13,7 @@ import logging
 import os
 import re
 import signal
-import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from kinesis_esm.functions._environments import (
     ProcessFunction,
 )
 from kinesis_esm.functions._pool import SpawnBackoff
+from tests.support.environments import Factory
 from tests.support.kinesis import wait_for
 from tests.support.processes import alive
 
@@ -36,30 +35,6 @@ pytestmark = pytest.mark.anyio
 
 EVENT: dict[str, Any] = {"Records": []}
 STREAM_SHAPE = re.compile(r"^\d{4}/\d{2}/\d{2}/\[\$LATEST\][0-9a-f]{32}$")
-
-Factory = Callable[..., ProcessFunction]
-
-
-@pytest.fixture
-async def make(tmp_path: Path) -> AsyncIterator[Factory]:
-    """``make(source, handler="app:handler", **options)``: a ProcessFunction over a module
-    ``app`` with ``source``, in a directory of its own; closed at teardown."""
-    created: list[ProcessFunction] = []
-
-    def factory(source: str, handler: str = "app:handler", **options: Any) -> ProcessFunction:
-        root = tmp_path / f"f{len(created)}"
-        root.mkdir()
-        (root / "app.py").write_text(textwrap.dedent(source))
-        options.setdefault("timeout", 10)
-        name = options.pop("name", f"fn{len(created)}")
-        function = ProcessFunction(handler, name=name, task_root=root, **options)
-        created.append(function)
-        return function
-
-    yield factory
-    with anyio.fail_after(30):
-        for function in created:
-            await function.aclose()
 
 
 async def _invoke_all(function: ProcessFunction, count: int) -> list[Any]:

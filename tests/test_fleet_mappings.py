@@ -27,6 +27,7 @@ from kinesis_esm.state._mappings import StoredMapping
 from kinesis_esm.state._registry import MappingRegistry, RegistryConflict
 from tests.support.control import Daemon, call, lambda_client, running_daemon
 from tests.support.dynalite import dynalite, dynalite_server  # noqa: F401 - fixtures
+from tests.support.fleet_engines import fleet_coordination
 from tests.support.kinesis import create_stream, kinesis_client, put_records, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -40,14 +41,8 @@ def table() -> str:
 
 
 def coordination(dynamodb: str, table: str, worker: str) -> CoordinationConfig:
-    return CoordinationConfig(
-        backend="dynamodb",
-        table=table,
-        worker_id=worker,
-        failover_time=3,
-        endpoint_url=dynamodb,
-        region="us-east-1",
-        mapping_sync_interval=SYNC_INTERVAL,
+    return fleet_coordination(
+        dynamodb, table, worker, failover_time=3, mapping_sync_interval=SYNC_INTERVAL
     )
 
 

@@ -19,6 +19,7 @@ import anyio
 import anyio.to_thread
 import boto3
 from botocore.config import Config
+from prometheus_client.parser import text_string_to_metric_families
 
 from kinesis_esm import (
     DaemonConfig,
@@ -232,3 +233,15 @@ async def raw_http(url: str, request: bytes, timeout: float = 10) -> RawAnswer: 
     if answer is None:
         raise AssertionError(f"no complete HTTP answer: {data[:500]!r}")
     return answer
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(text: str) -> Samples:
+    """Prometheus text as {(sample name, sorted labels): value}."""
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import ConfigError, _expect, _in_range
+from ._errors import ConfigError, _expect, _in_range, _number
 
 __all__ = ["FUNCTION_TARGETS", "ISOLATIONS", "FunctionConfig"]
 
@@ -30,6 +30,8 @@ _TARGET_KEYS = {
     "handler": ("local", "runtime"),
     "isolation": ("local",),
     "max_environments": ("local", "runtime"),
+    "idle_timeout": ("local", "runtime"),
+    "min_environments": ("local", "runtime"),
     "command": ("runtime",),
     "function_name": ("lambda",),
     "endpoint_url": ("lambda",),
@@ -40,6 +42,8 @@ _UNSET: dict[str, Any] = {
     "handler": None,
     "isolation": None,
     "max_environments": None,
+    "idle_timeout": None,
+    "min_environments": None,
     "command": (),
     "function_name": None,
     "endpoint_url": None,
@@ -58,6 +62,8 @@ class FunctionConfig:
     target: str = "local"
     isolation: str | None = None  # local target; None: "process"
     max_environments: int | None = None  # local and runtime; None or 0: one per lane in flight
+    idle_timeout: float | None = None  # local and runtime; None: 300 s; 0: never reclaim
+    min_environments: int | None = None  # local and runtime; None: 1 kept whatever its idle
     command: tuple[str, ...] = ()  # runtime target
     function_name: str | None = None  # lambda target: a name, ARN, or ARN with qualifier
     endpoint_url: str | None = None  # lambda target; AWS_ENDPOINT_URL_LAMBDA also works
@@ -104,6 +110,19 @@ class FunctionConfig:
     def _check_environments(self) -> None:
         if self.max_environments is not None:
             _in_range("max_environments", self.max_environments, 0, 1000)
+        if self.idle_timeout is not None:
+            _expect("idle_timeout", self.idle_timeout, (int, float), "a number of seconds")
+            if self.idle_timeout != 0 and not 10 <= self.idle_timeout <= 86400:
+                shown = _number(self.idle_timeout)
+                message = f"must be 0 (never reclaim) or between 10 and 86400, got {shown}"
+                raise ConfigError(message, parameter="idle_timeout", hint="seconds")
+            object.__setattr__(self, "idle_timeout", float(self.idle_timeout))
+        if self.min_environments is not None:
+            _in_range("min_environments", self.min_environments, 0, 1000)
+            cap = self.max_environments or 0
+            if 0 < cap < self.min_environments:
+                message = f"must be at most max_environments ({cap}), got {self.min_environments}"
+                raise ConfigError(message, parameter="min_environments")
 
     def _check_local(self) -> None:
         self._check_handler(required=True)

@@ -240,7 +240,7 @@ def create_app(runtime: Runtime, control: ControlConfig | None = None) -> web.Ap
     )
     app[_RUNTIME] = runtime
     app[_HOSTS] = HostPolicy.of(control)
-    app[_REGISTRY] = registry_for(runtime.statuses)
+    app[_REGISTRY] = registry_for(runtime.statuses, runtime.functions.environment_statistics)
     if control.auth != "none":
         app[_AUTH] = Authenticator(
             access_key_id=control.access_key_id,

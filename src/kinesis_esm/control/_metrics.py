@@ -2,11 +2,14 @@
 
 Nothing is counted on the hot path for this: the collector reads the mappings' counters and
 shard statistics when Prometheus scrapes. Counters are totals over a mapping's live updates.
+The execution environments' figures are per declared function (``function_name``), summed
+over the function's mappings and kept across their restarts (``DeclaredFunctions``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
@@ -17,10 +20,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from ..functions import EnvironmentStatistics
+from ..functions._pool import INIT_BUCKETS
 from ..runtime._model import DURATION_BUCKETS, MappingStatus
 from ._fleet_metrics import lease_metrics
 
-__all__ = ["COUNTERS", "RuntimeCollector", "registry_for"]
+__all__ = ["COUNTERS", "RuntimeCollector", "environment_metrics", "registry_for"]
+
+EnvironmentFigures = Callable[[], Mapping[str, EnvironmentStatistics]]
 
 PREFIX = "kinesis_esm"
 # MappingCounters field -> (metric name without _total, help). Unknown fields are exported too.
@@ -59,11 +66,68 @@ COUNTERS = {
 }
 _M = ["uuid", "function_name"]
 _S = [*_M, "shard_id"]
+_F = ["function_name"]
+
+
+def _cumulative(bounds: tuple[float, ...], counts: tuple[int, ...] | list[int]) -> list[Any]:
+    """Prometheus's cumulative buckets from per-bound counts (the last one above every bound)."""
+    total, buckets = 0, []
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        total += count
+        buckets.append(("+Inf" if bound == float("inf") else str(bound), total))
+    return buckets
+
+
+def environment_metrics(figures: Mapping[str, EnvironmentStatistics]) -> Iterator[Metric]:
+    """Execution environments (``isolation = "process"``, ``target = "runtime"``) per function."""
+    alive = GaugeMetricFamily(
+        f"{PREFIX}_environments_alive", "Execution environments alive (idle or busy)", labels=_F
+    )
+    busy = GaugeMetricFamily(
+        f"{PREFIX}_environments_busy", "Execution environments running an invocation", labels=_F
+    )
+    started = CounterMetricFamily(
+        f"{PREFIX}_environments_started", "Execution environments started (init run)", labels=_F
+    )
+    reclaimed = CounterMetricFamily(
+        f"{PREFIX}_environments_reclaimed",
+        "Execution environments closed after idle_timeout",
+        labels=_F,
+    )
+    lost = CounterMetricFamily(
+        f"{PREFIX}_environments_lost",
+        "Execution environments lost: crashed, timed out or out of memory",
+        labels=[*_F, "reason"],
+    )
+    init_errors = CounterMetricFamily(
+        f"{PREFIX}_environment_init_errors", "Inits that failed", labels=_F
+    )
+    init = HistogramMetricFamily(
+        f"{PREFIX}_environment_init_duration_seconds", "Successful inits' duration", labels=_F
+    )
+    for name, stats in sorted(figures.items()):
+        labels = [name]
+        alive.add_metric(labels, stats.environments)
+        busy.add_metric(labels, stats.busy)
+        started.add_metric(labels, stats.started)
+        reclaimed.add_metric(labels, stats.reclaimed)
+        lost.add_metric([name, "crash"], stats.crashes)
+        lost.add_metric([name, "timeout"], stats.timeouts)
+        lost.add_metric([name, "out_of_memory"], stats.out_of_memory)
+        init_errors.add_metric(labels, stats.init_errors)
+        buckets = _cumulative(INIT_BUCKETS, stats.init_buckets)
+        init.add_metric(labels, buckets, stats.init_seconds)
+    yield from (alive, busy, started, reclaimed, lost, init_errors, init)
 
 
 class RuntimeCollector(Collector):
-    def __init__(self, statuses: Callable[[], list[MappingStatus]]) -> None:
+    def __init__(
+        self,
+        statuses: Callable[[], list[MappingStatus]],
+        environments: EnvironmentFigures | None = None,
+    ) -> None:
         self._statuses = statuses
+        self._environments = environments
 
     def collect(self) -> Iterator[Metric]:
         statuses = self._statuses()
@@ -151,20 +215,22 @@ class RuntimeCollector(Collector):
                     counters[name] = family
                 family.add_metric(labels, value)
             stats = status.invocations
-            cumulative, buckets = 0, []
-            for bound, count in zip((*DURATION_BUCKETS, float("inf")), stats.buckets, strict=True):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+            buckets = _cumulative(DURATION_BUCKETS, stats.buckets)
             duration.add_metric(labels, buckets, stats.duration_sum)
         yield from (info, enabled, age, mapping_age, behind, buffered, busy)
         yield from (read_mode, subscription_age, resubscriptions)
         yield from (shard_polled, shard_invoked, *counters.values(), duration)
         yield from lease_metrics(statuses)  # a fleet's leases, labelled by worker
+        if self._environments is not None:
+            yield from environment_metrics(self._environments())
 
 
-def registry_for(statuses: Callable[[], list[MappingStatus]]) -> CollectorRegistry:
-    """A registry of its own (not the global one): the runtime's figures and the process's."""
+def registry_for(
+    statuses: Callable[[], list[MappingStatus]], environments: EnvironmentFigures | None = None
+) -> CollectorRegistry:
+    """A registry of its own (not the global one): the runtime's figures and the process's.
+    ``environments``: the execution environments' figures per declared function."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RuntimeCollector(statuses))
+    registry.register(RuntimeCollector(statuses, environments))
     ProcessCollector(registry=registry)
     return registry

@@ -31,7 +31,7 @@ import orjson
 from ._callable import InvokeResult
 from ._context import log_stream_name
 from ._output import function_logger
-from ._pool import EnvironmentPool, EnvironmentStatistics
+from ._pool import IDLE_TIMEOUT, MIN_ENVIRONMENTS, EnvironmentPool, EnvironmentStatistics
 from ._process_env import ProcessEnvironment, WorkerSpec
 from ._runtime_api import RuntimeEnvironment, RuntimeSpec, runtime_command
 from ._sandbox import (
@@ -66,7 +66,14 @@ def _executable(name: str, program: str, task_root: str, setting: str) -> str:
     raise ValueError(f"function {name!r}: {setting}: {program!r} is not an executable program")
 
 
-def _check(name: str, timeout: float, memory_size: int, max_environments: int) -> None:
+def _check(
+    name: str,
+    timeout: float,
+    memory_size: int,
+    max_environments: int,
+    idle_timeout: float,
+    min_environments: int,
+) -> None:
     if not 0 < timeout <= 900:
         raise ValueError(f"function {name!r}: timeout {timeout} must be > 0 and at most 900 s")
     if not 128 <= memory_size <= 10240:
@@ -77,6 +84,16 @@ def _check(name: str, timeout: float, memory_size: int, max_environments: int) -
         raise ValueError(
             f"function {name!r}: max_environments {max_environments} must be 0 (one per "
             "concurrent invocation: the mapping's concurrency) or more"
+        )
+    if not 0 <= idle_timeout <= 86400:
+        raise ValueError(
+            f"function {name!r}: idle_timeout {idle_timeout} must be between 0 (never "
+            "reclaim) and 86400 s"
+        )
+    if min_environments < 0 or 0 < max_environments < min_environments:
+        raise ValueError(
+            f"function {name!r}: min_environments {min_environments} must be 0 or more, and "
+            f"at most max_environments ({max_environments}) when that is set"
         )
 
 
@@ -91,6 +108,7 @@ class _EnvironmentFunction:
     _variables: Callable[[str], dict[str, str]]  # a log stream name -> the environment's
 
     input: Literal["event", "records"] = "event"  # environments take the event
+    _closed = False
     enforces_timeout = True  # invoke() never outlives the timeout (plus init, when it starts one)
 
     def _start_pool(
@@ -109,6 +127,8 @@ class _EnvironmentFunction:
             max_environments=max_environments,
             logger=logger,
             stop_grace=self.timeout + init_timeout + STOP_MARGIN,
+            idle_timeout=self._idle_timeout,
+            min_environments=self._min_environments,
         )
 
     def _environment(self, number: int) -> Any:
@@ -123,8 +143,12 @@ class _EnvironmentFunction:
         arn: str | None,
         max_environments: int,
         task_root: str | os.PathLike[str] | None,
+        idle_timeout: float,
+        min_environments: int,
     ) -> tuple[str, logging.Logger]:
-        _check(name, timeout, memory_size, max_environments)
+        _check(name, timeout, memory_size, max_environments, idle_timeout, min_environments)
+        self._idle_timeout = float(idle_timeout)
+        self._min_environments = min_environments
         self.name = name
         self.timeout = float(timeout)
         self.memory_size = memory_size
@@ -141,6 +165,21 @@ class _EnvironmentFunction:
     @max_environments.setter
     def max_environments(self, value: int) -> None:
         self._pool.max_environments = value
+
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds an environment may stay idle before it is reclaimed (0: never)."""
+        return self._pool.idle_timeout
+
+    @property
+    def min_environments(self) -> int:
+        """Environments kept alive whatever their idle time."""
+        return self._pool.min_environments
+
+    @property
+    def closed(self) -> bool:
+        """aclose() has returned: the environments are stopped and the figures final."""
+        return self._closed
 
     @property
     def last_init_error(self) -> InitError | None:
@@ -171,7 +210,10 @@ class _EnvironmentFunction:
 
     async def aclose(self) -> None:
         """Let in-flight invocations finish (within the timeout), then stop the environments."""
-        await self._pool.aclose()
+        try:
+            await self._pool.aclose()
+        finally:
+            self._closed = True
 
 
 class ProcessFunction(_EnvironmentFunction):
@@ -182,7 +224,8 @@ class ProcessFunction(_EnvironmentFunction):
     working directory and first on ``sys.path``. ``memory_size`` caps each environment's address
     space (RLIMIT_AS, Linux) at its footprint before the import plus memory_size plus
     ``MEMORY_HEADROOM_MB``; ``enforce_memory=False`` turns that off. ``python`` is the
-    interpreter of the environments (default: the daemon's).
+    interpreter of the environments (default: the daemon's). An environment idle for
+    ``idle_timeout`` seconds (0: never) is reclaimed, keeping ``min_environments``.
     """
 
     isolation = "process"
@@ -202,6 +245,8 @@ class ProcessFunction(_EnvironmentFunction):
         enforce_memory: bool = True,
         init_timeout: float = INIT_TIMEOUT,
         input: Literal["event"] = "event",
+        idle_timeout: float = IDLE_TIMEOUT,
+        min_environments: int = MIN_ENVIRONMENTS,
     ) -> None:
         if input != "event":
             raise ValueError(
@@ -217,6 +262,8 @@ class ProcessFunction(_EnvironmentFunction):
             arn=arn,
             max_environments=max_environments,
             task_root=task_root,
+            idle_timeout=idle_timeout,
+            min_environments=min_environments,
         )
         self.handler = handler
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -281,6 +328,8 @@ class RuntimeFunction(_EnvironmentFunction):
         handler: str | None = None,
         enforce_memory: bool = True,
         init_timeout: float = INIT_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+        min_environments: int = MIN_ENVIRONMENTS,
     ) -> None:
         root, logger = self._setup(
             name,
@@ -289,6 +338,8 @@ class RuntimeFunction(_EnvironmentFunction):
             arn=arn,
             max_environments=max_environments,
             task_root=task_root,
+            idle_timeout=idle_timeout,
+            min_environments=min_environments,
         )
         self.command = runtime_command(command)
         _executable(name, self.command[0], root, "command")

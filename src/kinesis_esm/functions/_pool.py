@@ -11,10 +11,17 @@ An environment that crashed, timed out or ran out of memory is discarded; the ne
 out a back-off (0.1 s doubling to 5 s) while failures follow one another, reset by the first
 invocation that returns from a live environment, so a handler that kills its process on every
 batch cannot make the daemon spin.
+
+An environment idle for ``idle_timeout`` s is reclaimed (stopped as at shutdown), the least
+recently used first, keeping ``min_environments`` alive (``_reclaim`` decides). One reaper task
+per pool, started with the first idle environment and ended by ``aclose()``, sleeps until the
+next one can expire (a mapping only invokes and closes its function: no task group to host it).
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import logging
 import math
 import time
@@ -24,11 +31,22 @@ from dataclasses import dataclass
 import anyio
 
 from ._callable import InvokeResult
+from ._reclaim import next_reclaim, reclaimable
 from ._sandbox import Environment, EnvironmentUnavailableError, InitError, Invocation
 
-__all__ = ["EnvironmentPool", "EnvironmentStatistics", "SpawnBackoff"]
+__all__ = [
+    "IDLE_TIMEOUT",
+    "INIT_BUCKETS",
+    "MIN_ENVIRONMENTS",
+    "EnvironmentPool",
+    "EnvironmentStatistics",
+    "SpawnBackoff",
+]
 
 STOP_BOUND = 10.0  # seconds to stop all environments, beyond each one's own bounds
+IDLE_TIMEOUT = 300.0  # seconds idle before an environment is reclaimed (0: never)
+MIN_ENVIRONMENTS = 1  # kept whatever their idle time: a quiet stream pays no init per batch
+INIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # upper bounds, seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +66,14 @@ class EnvironmentStatistics:
     out_of_memory: int
     replacements: int  # environments started in place of a lost one
     last_init_error: InitError | None  # None once an init succeeds again
+    started: int = 0  # environments started (each one's init ran or was tried)
+    reclaimed: int = 0  # closed after idle_timeout
+    init_buckets: tuple[int, ...] = (0,) * (len(INIT_BUCKETS) + 1)  # per bound, then above
+
+    @property
+    def lost(self) -> int:
+        """Environments that crashed, timed out or ran out of memory."""
+        return self.crashes + self.timeouts + self.out_of_memory
 
 
 class SpawnBackoff:
@@ -81,19 +107,31 @@ class EnvironmentPool:
         max_environments: int,
         logger: logging.Logger,
         stop_grace: float,
+        idle_timeout: float = IDLE_TIMEOUT,
+        min_environments: int = MIN_ENVIRONMENTS,
     ) -> None:
         if max_environments < 0:
             raise ValueError(
                 f"max_environments: {max_environments} is not allowed; use 0 (one environment "
                 "per concurrent invocation) or a positive cap"
             )
+        if idle_timeout < 0 or min_environments < 0:
+            raise ValueError(f"idle_timeout {idle_timeout}, min_environments {min_environments}")
         self._factory = factory
         self.name = name
         self._max = max_environments
         self.log = logger
         self.stop_grace = stop_grace  # the longest an in-flight invocation can still take
         self.backoff = SpawnBackoff()
-        self._idle: list[Environment] = []
+        self._idle: list[Environment] = []  # the most recently used last
+        self._idle_since: list[float] = []  # when each of _idle went idle (monotonic)
+        self.idle_timeout = idle_timeout
+        self.min_environments = min_environments
+        self._reclaimed = 0
+        self._reaper: asyncio.Task[None] | None = None
+        self._reaper_scope: anyio.CancelScope | None = None  # made on the loop, with the task
+        self._reaper_done = anyio.Event()
+        self._reaper_wake = anyio.Event()  # set when an environment goes idle
         self._all: set[Environment] = set()
         self._count = 0  # alive or starting: what max_environments caps
         self._busy = 0
@@ -106,6 +144,7 @@ class EnvironmentPool:
         self._init_errors = 0
         self._init_seconds = 0.0
         self._last_init_seconds: float | None = None
+        self._init_buckets = [0] * (len(INIT_BUCKETS) + 1)
         self._last_init_error: InitError | None = None
         self._invocations = 0
         self._failures = {"crash": 0, "timeout": 0, "out_of_memory": 0}
@@ -142,13 +181,16 @@ class EnvironmentPool:
             out_of_memory=self._failures["out_of_memory"],
             replacements=self._replacements,
             last_init_error=self._last_init_error,
+            started=self._numbers,
+            reclaimed=self._reclaimed,
+            init_buckets=tuple(self._init_buckets),
         )
 
     async def invoke(self, invocation: Invocation) -> InvokeResult:
         while True:
             if self._closed:
                 raise EnvironmentUnavailableError(f"function {self.name!r} is stopping")
-            environment = self._idle.pop() if self._idle else await self._obtain(invocation)
+            environment = self._take_idle() if self._idle else await self._obtain(invocation)
             if isinstance(environment, InvokeResult):
                 return environment  # its init failed: a function error, as on Lambda
             if environment.alive:
@@ -168,7 +210,7 @@ class EnvironmentPool:
             if self._closed:
                 raise EnvironmentUnavailableError(f"function {self.name!r} is stopping")
             if self._idle:
-                return self._idle.pop()
+                return self._take_idle()
             if self._max == 0 or self._count < self._max:
                 return await self._start(invocation)
             changed = self._changed
@@ -228,8 +270,14 @@ class EnvironmentPool:
         self._inits += 1
         self._init_seconds += seconds
         self._last_init_seconds = seconds
+        self._init_buckets[bisect.bisect_left(INIT_BUCKETS, seconds)] += 1
         self._last_init_error = None
         return environment
+
+    def _take_idle(self) -> Environment:
+        """The most recently used idle environment; once taken, the reaper cannot pick it."""
+        self._idle_since.pop()
+        return self._idle.pop()
 
     async def _give_back(self, environment: Environment) -> None:
         if environment.failure is not None or not environment.alive:
@@ -241,6 +289,11 @@ class EnvironmentPool:
             await self._discard(environment)
         else:
             self._idle.append(environment)
+            self._idle_since.append(time.monotonic())
+            self._reaper_wake.set()
+            if self._reaper is None and self.idle_timeout > 0:
+                self._reaper_scope = scope = anyio.CancelScope()
+                self._reaper = asyncio.get_running_loop().create_task(self._reap(scope))
         self._notify()
 
     async def _lose(self, environment: Environment) -> None:
@@ -249,12 +302,8 @@ class EnvironmentPool:
         self._lost += 1
         self._failures[failure] += 1
         self.backoff.failed(time.monotonic())
-        self.log.warning(
-            "function %s: environment %d lost (%s); it will be replaced",
-            self.name,
-            environment.number,
-            failure,
-        )
+        message = "function %s: environment %d lost (%s); it will be replaced"
+        self.log.warning(message, self.name, environment.number, failure)
         await self._discard(environment)
         self._notify()
 
@@ -267,11 +316,69 @@ class EnvironmentPool:
         self._changed.set()
         self._changed = anyio.Event()
 
+    async def _reap(self, scope: anyio.CancelScope) -> None:
+        """Close environments idle past ``idle_timeout``, until the pool closes."""
+        try:
+            with scope:
+                while not self._closed:
+                    self._reaper_wake = anyio.Event()
+                    if await self._reclaim_expired():
+                        continue
+                    due = next_reclaim(
+                        self._idle_since,
+                        busy=self._busy,
+                        timeout=self.idle_timeout,
+                        minimum=self.min_environments,
+                    )
+                    if due is None:  # nothing can expire until an environment goes idle
+                        await self._reaper_wake.wait()
+                    else:  # one going idle meanwhile expires later: no need to wake for it
+                        await anyio.sleep(max(0.0, due - time.monotonic()))
+        except Exception:  # a bug here must not go unseen; invocations are unaffected
+            self.log.exception("function %s: reclaiming idle environments failed", self.name)
+        finally:
+            self._reaper_done.set()
+
+    async def _reclaim_expired(self) -> int:
+        now = time.monotonic()
+        chosen = reclaimable(
+            self._idle_since,
+            busy=self._busy,
+            now=now,
+            timeout=self.idle_timeout,
+            minimum=self.min_environments,
+        )
+        if not chosen:
+            return 0
+        # Taken out of the idle list before any await: no invocation can take them now.
+        victims = [(self._idle[i], now - self._idle_since[i]) for i in chosen]
+        for i in sorted(chosen, reverse=True):
+            del self._idle[i]
+            del self._idle_since[i]
+        self._count -= len(victims)
+        self._notify()  # room under the cap
+        for environment, idle in victims:
+            if environment.alive:
+                self._reclaimed += 1
+                message = "function %s: environment %d reclaimed after %.0f s idle"
+                self.log.info(message, self.name, environment.number, idle)
+            else:  # it ended while idle: lost, as the next invocation would have found it
+                self._failures[environment.failure or "crash"] += 1
+                self._lost += 1
+        async with anyio.create_task_group() as group:
+            for environment, _ in victims:
+                group.start_soon(self._discard, environment)  # shielded: as at shutdown
+        return len(victims)
+
     async def aclose(self) -> None:
         """Stop taking invocations, let those in flight finish (each is bounded by the function
         timeout), then stop every environment."""
         self._closed = True
         self._notify()
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None and self._reaper_scope is not None:
+            self._reaper_scope.cancel()  # it finishes the stops it began (shielded), then ends
+            await self._reaper_done.wait()
         with anyio.move_on_after(self.stop_grace):
             while self._busy or self._starting:
                 changed = self._changed
@@ -279,7 +386,7 @@ class EnvironmentPool:
         for environment in list(self._all):
             if environment not in self._idle:
                 environment.kill()  # still busy past its bound: end it
-        idle, self._idle = self._idle, []
+        idle, self._idle, self._idle_since = self._idle, [], []
         self._count -= len(idle)
         async with anyio.create_task_group() as group:
             for environment in idle:

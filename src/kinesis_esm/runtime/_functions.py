@@ -1,9 +1,10 @@
 """The functions a daemon may invoke: only those declared in its config file. Resolving a name
 or ARN from API input to a declared function, loading its handler once, and building the
-``Function`` a mapping invokes."""
+``Function`` a mapping invokes; the figures of the execution environments built (/metrics)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from ..config import (
 )
 from ..functions import (
     CallableFunction,
+    EnvironmentStatistics,
     Function,
     HttpFunction,
     LambdaInvokeFunction,
@@ -28,6 +30,22 @@ from ._model import RESOURCE_NOT_FOUND, MappingError, function_arn
 
 __all__ = ["DeclaredFunctions"]
 
+_LATEST = ("last_init_seconds", "last_init_error")
+
+
+def _combined(a: EnvironmentStatistics, b: EnvironmentStatistics) -> EnvironmentStatistics:
+    """Two pools' figures as one function's; the last init is ``b``'s when it has one."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(EnvironmentStatistics):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if f.name in _LATEST:
+            values[f.name] = x if y is None else y
+        elif isinstance(x, tuple):  # histogram buckets
+            values[f.name] = tuple(i + j for i, j in zip(x, y, strict=True))
+        else:
+            values[f.name] = x + y
+    return EnvironmentStatistics(**values)
+
 
 class DeclaredFunctions:
     """``handlers`` replace importing the declared handlers (embedding, tests)."""
@@ -37,6 +55,27 @@ class DeclaredFunctions:
     ) -> None:
         self.config = config
         self._handlers: dict[str, Callable[..., Any]] = dict(handlers or {})
+        self._environments: list[ProcessFunction | RuntimeFunction] = []  # built, not closed
+        self._retired: dict[str, EnvironmentStatistics] = {}  # totals of the closed ones
+
+    def environment_statistics(self) -> dict[str, EnvironmentStatistics]:
+        """Per declared function, the figures of its execution environments over all its
+        mappings (each has a pool of its own). A closed pool's counters stay in the totals, so
+        they never go back when a mapping restarts. Cheap: counters, read when called."""
+        self._retire()
+        totals = dict(self._retired)
+        for function in self._environments:
+            stats = function.statistics()
+            known = totals.get(function.name)
+            totals[function.name] = stats if known is None else _combined(known, stats)
+        return totals
+
+    def _retire(self) -> None:
+        for function in [f for f in self._environments if f.closed]:
+            self._environments.remove(function)
+            final = dataclasses.replace(function.statistics(), environments=0, busy=0, starting=0)
+            known = self._retired.get(function.name)
+            self._retired[function.name] = final if known is None else _combined(known, final)
 
     def declared(self, name: str, config: EventSourceMappingConfig | None) -> FunctionConfig:
         """The declared function ``name`` (a name or ARN) refers to; Lambda's not-found error."""
@@ -74,7 +113,7 @@ class DeclaredFunctions:
                 self.handler(fn)
             else:
                 try:
-                    self.build(fn, fn.arn("us-east-1", "000000000000"))  # nothing opens yet
+                    self._build(fn, fn.arn("us-east-1", "000000000000"))  # nothing opens yet
                 except ConfigError as err:
                     raise MappingError(INVALID_PARAMETER_VALUE, str(err)) from None
             return
@@ -87,6 +126,13 @@ class DeclaredFunctions:
 
     def build(self, fn: FunctionConfig, arn: str) -> Function:
         """The function object a mapping invokes (the mapping closes it when it stops)."""
+        function = self._build(fn, arn)
+        if isinstance(function, (ProcessFunction, RuntimeFunction)):
+            self._retire()
+            self._environments.append(function)
+        return function
+
+    def _build(self, fn: FunctionConfig, arn: str) -> Function:
         if fn.target == "lambda":
             assert fn.function_name is not None
             return LambdaInvokeFunction(
@@ -98,6 +144,11 @@ class DeclaredFunctions:
                 fn.url, name=fn.name, timeout=fn.timeout, headers=dict(fn.headers), arn=arn
             )
         environments = fn.max_environments or 0
+        reclaim: dict[str, Any] = {}  # unset: the functions' defaults
+        if fn.idle_timeout is not None:
+            reclaim["idle_timeout"] = fn.idle_timeout
+        if fn.min_environments is not None:
+            reclaim["min_environments"] = fn.min_environments
         if fn.target == "runtime":
             return RuntimeFunction(
                 fn.command,
@@ -107,6 +158,7 @@ class DeclaredFunctions:
                 arn=arn,
                 max_environments=environments,
                 handler=fn.handler,
+                **reclaim,
             )
         if self._in_daemon(fn):
             return CallableFunction(
@@ -124,4 +176,5 @@ class DeclaredFunctions:
             memory_size=fn.memory_size,
             arn=arn,
             max_environments=environments,
+            **reclaim,
         )

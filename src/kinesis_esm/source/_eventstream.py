@@ -7,7 +7,7 @@ checks the prelude CRC as soon as the prelude is in, so a corrupt length is reje
 instead of being waited on, and the message CRC before a payload is handed out.
 
 Ours rather than botocore's ``EventStreamBuffer`` for what surrounds the framing, not for the
-framing itself: both cost about 0.08 us per record of a 1,000-record event (benchmarks/efo.py).
+framing itself: both cost about 0.08 us per record of a 1,000-record event (benchmarks/efo_cost.py).
 The gain is what follows: the payload goes to orjson as bytes (0.6 us per record with the Record
 objects) instead of botocore's shape parser (12-17 us), and the bytes held stay bounded by one
 message plus one read.

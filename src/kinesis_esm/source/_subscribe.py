@@ -2,7 +2,7 @@
 
 **Transport: HTTP/1.1 over aiohttp, with our own event-stream reader.** AWS documents
 SubscribeToShard for HTTP/2, and serves it over HTTP/1.1 too: boto3 users read it that way
-(botocore has no HTTP/2). Measured on this project's machine (benchmarks/efo.py):
+(botocore has no HTTP/2). Measured on this project's machine (benchmarks/efo_cost.py):
 
 - aiobotocore's ``subscribe_to_shard`` runs over aiohttp's HTTP/1.1, but its parser insists on
   an ``initial-response`` first event and, when the first event is something else, consumes it

@@ -70,11 +70,6 @@ class EnvironmentStatistics:
     reclaimed: int = 0  # closed after idle_timeout
     init_buckets: tuple[int, ...] = (0,) * (len(INIT_BUCKETS) + 1)  # per bound, then above
 
-    @property
-    def lost(self) -> int:
-        """Environments that crashed, timed out or ran out of memory."""
-        return self.crashes + self.timeouts + self.out_of_memory
-
 
 class SpawnBackoff:
     """Delay before starting an environment after consecutive failures (pure: time passed in)."""
